@@ -1,0 +1,128 @@
+#!/bin/bash
+# Start the MPI containers ("nodes"). Swarm mode, on the manager: once every
+# host has joined, a master service (1 task, on the manager) and a worker
+# service (NODES-1 tasks) on the overlay, with the cluster's SSH key as Swarm
+# secrets. MPI mode, on every host: one container on the host network.
+# Progress and failures go to <share>/.astrostack/nodes-<host>.json, which the
+# cluster probe reads; this runs after the host signalled Heat.
+# shellcheck source=common.sh
+. /usr/local/lib/astrostack/common.sh
+
+CONTROL=$(control_dir)
+STATUS_FILE="$CONTROL/nodes-$HOST_ID.json"
+
+status() {
+  python3 -c 'import json,sys,time; print(json.dumps({"host": sys.argv[1], "state": sys.argv[2], "reason": sys.argv[3], "time": time.time()}))' \
+    "$HOST_ID" "$1" "$2" >"$STATUS_FILE.tmp"
+  mv "$STATUS_FILE.tmp" "$STATUS_FILE"
+}
+
+# Replaces common.sh's handler: Heat already has this host's signal, so a
+# failure from here on is reported through the share.
+fail() {
+  trap - ERR
+  log "FAILED: $1"
+  status failed "$1"
+  exit 1
+}
+trap 'fail "line $LINENO: $BASH_COMMAND exited $?"' ERR
+
+image_ref() {
+  case "$APP_IMAGE" in
+    */*/*|*.*/*|*:[0-9]*/*) echo "$APP_IMAGE" ;;
+    *) echo "$(registry_address)/$APP_IMAGE" ;;
+  esac
+}
+
+# Images that astrostack staged on the share (docker save archives) are loaded
+# once and pushed to the cluster registry, so every host pulls them from there.
+publish_staged_images() {
+  local archive ref
+  for archive in "$MOUNT_POINT"/.astrostack/images/*.tar; do
+    [ -e "$archive" ] || continue
+    ref=$(docker load -i "$archive" | sed -n 's/^Loaded image: //p' | head -n1)
+    [ -n "$ref" ] || fail "no image in $archive"
+    docker tag "$ref" "$(registry_address)/$ref"
+    retry 5 3 docker push "$(registry_address)/$ref" >/dev/null || fail "push of $ref to $(registry_address) failed"
+    log "published $ref to $(registry_address)"
+  done
+  mark images_published
+}
+
+ready_swarm_nodes() {
+  docker node ls --format '{{.Status}} {{.Availability}}' | grep -c '^Ready Active$' || true
+}
+
+wait_for_hosts() {
+  local deadline=$(( $(date +%s) + NODES_TIMEOUT ))
+  while (( $(ready_swarm_nodes) < HOSTS )); do
+    if (( $(date +%s) > deadline )); then
+      fail "only $(ready_swarm_nodes)/$HOSTS hosts joined the swarm within $NODES_TIMEOUT s"
+    fi
+    sleep 2
+  done
+  mark hosts_joined
+}
+
+create_ssh_secrets() {
+  local tmp
+  if docker secret inspect "$CLUSTER-ssh-key" >/dev/null 2>&1; then return 0; fi
+  tmp=$(mktemp -d)
+  ssh-keygen -q -t ed25519 -N '' -C "astrostack-$CLUSTER-nodes" -f "$tmp/id_ed25519"
+  docker secret create "$CLUSTER-ssh-key" "$tmp/id_ed25519" >/dev/null
+  docker secret create "$CLUSTER-ssh-pub" "$tmp/id_ed25519.pub" >/dev/null
+  rm -rf "$tmp"
+}
+
+create_service() {
+  local name=$1 role=$2 replicas=$3
+  shift 3
+  if docker service inspect "$name" >/dev/null 2>&1; then return 0; fi
+  docker service create --detach --quiet --name "$name" --replicas "$replicas" \
+    --network "$OVERLAY_NAME" --endpoint-mode dnsrr \
+    --hostname '{{.Service.Name}}-{{.Task.Slot}}' \
+    --label "astrostack.cluster=$CLUSTER" --label "astrostack.role=$role" \
+    --secret "source=$CLUSTER-ssh-key,target=ssh_key,mode=0400" \
+    --secret "source=$CLUSTER-ssh-pub,target=ssh_pub,mode=0444" \
+    --mount "type=bind,source=$MOUNT_POINT,target=/share" \
+    --env "ASTRO_ROLE=$role" --env "ASTRO_CLUSTER=$CLUSTER" --env "ASTRO_SLOTS=$SLOTS" \
+    --env "ASTRO_OVERLAY_CIDR=$OVERLAY_SUBNET" \
+    --restart-condition on-failure --restart-max-attempts 3 \
+    "$@" "$(image_ref)" >/dev/null
+}
+
+start_swarm_services() {
+  status starting "waiting for $HOSTS hosts to join"
+  wait_for_hosts
+  publish_staged_images
+  create_ssh_secrets
+  create_service "$CLUSTER-master" master 1 --constraint node.role==manager
+  if (( NODES > 1 )); then
+    create_service "$CLUSTER-worker" worker $((NODES - 1))
+  fi
+  mark services_created
+  status running "services created: 1 master, $((NODES - 1)) workers"
+}
+
+start_host_container() {
+  local keys
+  status starting "starting the MPI container"
+  keys=$(mktemp -d)
+  fetch_secret "$CONTROL/cluster-ssh-key.tar.enc" 300 | tar -C "$keys" -x
+  if [ "$ROLE" = manager ]; then publish_staged_images; fi
+  retry 60 5 docker pull "$(image_ref)" >/dev/null || fail "cannot pull $(image_ref)"
+  docker rm -f astro-mpi >/dev/null 2>&1 || true
+  docker run -d --name astro-mpi --network host --restart on-failure:3 \
+    --label "astrostack.cluster=$CLUSTER" \
+    -v "$keys/id_ed25519:/run/secrets/ssh_key:ro" -v "$keys/id_ed25519.pub:/run/secrets/ssh_pub:ro" \
+    -v "$MOUNT_POINT:/share" -e "ASTRO_ROLE=$([ "$ROLE" = manager ] && echo master || echo worker)" \
+    -e "ASTRO_CLUSTER=$CLUSTER" -e "ASTRO_SLOTS=$SLOTS" -e ASTRO_SSH_PORT=2222 \
+    -e "ASTRO_OVERLAY_CIDR=$PRIVATE_CIDR" "$(image_ref)" >/dev/null
+  status running "container astro-mpi started"
+}
+
+if [ "$MODE" = swarm ]; then
+  start_swarm_services
+else
+  start_host_container
+fi

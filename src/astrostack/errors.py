@@ -1,0 +1,97 @@
+"""One exception tree for astrostack.
+
+Every error a user can cause or meet derives from :class:`AstrostackError` and
+carries the process exit code the CLI turns it into. Messages say what failed,
+why, and what the user can do next, on one line.
+"""
+
+from __future__ import annotations
+
+# Documented exit codes (README "Exit codes").
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_INVALID_INPUT = 2
+EXIT_ROLLED_BACK = 3
+EXIT_FAILED_KEPT = 4
+EXIT_INTERRUPTED = 130
+
+
+class AstrostackError(Exception):
+    """Base of every astrostack error."""
+
+    exit_code = EXIT_FAILURE
+
+    def __init__(self, message: str, *, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message} ({self.hint})"
+        return self.message
+
+
+class InvalidInput(AstrostackError):
+    """Bad spec, bad CLI argument, bad file: exit 2."""
+
+    exit_code = EXIT_INVALID_INPUT
+
+
+class SpecError(InvalidInput):
+    """The cluster spec does not validate."""
+
+
+class TemplateError(InvalidInput):
+    """A rendered template or user-data is not valid."""
+
+
+class CloudError(AstrostackError):
+    """The cloud (or the local engine) answered with an error or not at all."""
+
+
+class CloudUnreachable(CloudError):
+    """No answer from the cloud's API."""
+
+
+class NotFound(CloudError):
+    """A named cluster, stack or resource does not exist."""
+
+
+class PrecheckFailed(InvalidInput):
+    """Image, flavor, network, keypair or quota would make the stack fail."""
+
+
+class DeployFailed(AstrostackError):
+    """A deployment failed; ``rolled_back`` says which exit code applies."""
+
+    def __init__(self, message: str, *, phase: str, evidence: str | None = None,
+                 rolled_back: bool = True, hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.phase = phase
+        self.evidence = evidence
+        self.rolled_back = rolled_back
+
+    @property
+    def exit_code(self) -> int:  # type: ignore[override]
+        return EXIT_ROLLED_BACK if self.rolled_back else EXIT_FAILED_KEPT
+
+
+class WaitTimeout(AstrostackError):
+    """A wait reached its deadline."""
+
+
+class LocalCloudError(AstrostackError):
+    """The local cloud (Docker engine, local Heat engine) is missing or broken."""
+
+
+class JobFailed(AstrostackError):
+    """A job ran and returned non-zero; its exit code is the job's."""
+
+    def __init__(self, message: str, *, job_exit_code: int, hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.job_exit_code = job_exit_code
+
+    @property
+    def exit_code(self) -> int:  # type: ignore[override]
+        return self.job_exit_code or EXIT_FAILURE

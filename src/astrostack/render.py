@@ -1,0 +1,234 @@
+"""Spec -> files Heat accepts: `cluster.yaml`, `environment.yaml`, `lib/`,
+and one cloud-config per role under `user-data/`.
+
+The HOT templates are copied as they are (real-cloud templates); the spec
+reaches Heat only through `environment.yaml`'s parameters and the rendered
+user-data, so `openstack stack create -t DIR/cluster.yaml -e
+DIR/environment.yaml NAME` works on what this writes.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+
+from astrostack import __version__, paths
+from astrostack.errors import InvalidInput, TemplateError
+from astrostack.spec import ClusterSpec
+
+ROLES = ("nfs", "manager", "worker")
+HEAT_PLACEHOLDERS = (
+    "__ASTROSTACK_SIGNAL_URL__",
+    "__ASTROSTACK_SIGNAL_TOKEN__",
+    "__ASTROSTACK_SECRET__",
+    "__ASTROSTACK_NFS_IP__",
+    "__ASTROSTACK_MANAGER_IP__",
+    "__ASTROSTACK_VOLUME_ID__",
+    "__ASTROSTACK_HOST_ID__",
+)
+
+# What each role installs (when the image lacks it) and runs.
+ROLE_PACKAGES = {
+    "nfs": ["nfs-kernel-server", "docker-registry", "curl", "openssl", "python3"],
+    "manager": ["docker.io", "nfs-common", "curl", "openssl", "openssh-client", "python3"],
+    "worker": ["docker.io", "nfs-common", "curl", "openssl", "python3"],
+}
+ROLE_SCRIPTS = {
+    "nfs": [("nfs.sh", "/usr/local/sbin/astrostack-nfs")],
+    "manager": [
+        ("manager.sh", "/usr/local/sbin/astrostack-manager"),
+        ("nodes.sh", "/usr/local/sbin/astrostack-nodes"),
+    ],
+    "worker": [
+        ("worker.sh", "/usr/local/sbin/astrostack-worker"),
+        ("nodes.sh", "/usr/local/sbin/astrostack-nodes"),
+    ],
+}
+# The value each role's HOST_ID takes; workers get theirs from the ResourceGroup.
+ROLE_HOST_ID = {"nfs": "nfs", "manager": "manager", "worker": "__ASTROSTACK_HOST_ID__"}
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """Where a render went and what it holds."""
+
+    directory: Path
+    template: Path
+    environment: Path
+    user_data: dict[str, Path]
+
+    def files(self) -> list[Path]:
+        return sorted(p for p in self.directory.rglob("*") if p.is_file())
+
+
+def _jinja_env() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(paths.cloud_init_dir())),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.filters["shquote"] = lambda value: shlex.quote(str(value))
+    return env
+
+
+def _scripts() -> dict[str, str]:
+    folder = paths.cloud_init_dir() / "scripts"
+    return {p.name: p.read_text().rstrip("\n") for p in sorted(folder.glob("*.sh"))}
+
+
+def host_env(spec: ClusterSpec, role: str) -> dict[str, Any]:
+    """Settings every host script reads from /etc/astrostack/cluster.env."""
+    env: dict[str, Any] = {
+        "CLUSTER": spec.name,
+        "ROLE": role,
+        "HOST_ID": ROLE_HOST_ID[role],
+        "MODE": spec.mode.value,
+        "HOSTS": spec.hosts,
+        "NODES": spec.nodes,
+        "SLOTS": spec.application.slots_per_node,
+        "MOUNT_POINT": spec.nfs.mount_point,
+        "EXPORT_PATH": spec.nfs.export_path,
+        "PRIVATE_CIDR": spec.network.cidr,
+        "NFS_IP": "__ASTROSTACK_NFS_IP__" if role != "nfs" else "",
+        "MANAGER_IP": "__ASTROSTACK_MANAGER_IP__" if role != "nfs" else "",
+        "VOLUME_ID": "__ASTROSTACK_VOLUME_ID__" if role == "nfs" else "",
+        "OVERLAY_NAME": spec.overlay.name,
+        "OVERLAY_SUBNET": spec.overlay.subnet,
+        "OVERLAY_ENCRYPTED": str(spec.overlay_encrypted).lower(),
+        "REGISTRY": spec.registry.url or "",
+        "REGISTRY_INSECURE": str(spec.registry.insecure).lower(),
+        "APP_IMAGE": spec.application.image,
+        "NODES_TIMEOUT": spec.timeouts.nodes_ready,
+    }
+    for fault in spec.local.faults:
+        env[f"FAULT_{fault.host.replace('-', '_')}"] = fault.fault
+    return env
+
+
+def render_user_data(spec: ClusterSpec, role: str, env: jinja2.Environment | None = None) -> str:
+    """One role's #cloud-config, with Heat's placeholders still in it."""
+    env = env or _jinja_env()
+    scripts = _scripts()
+    try:
+        text = env.get_template("host.yaml.j2").render(
+            spec=spec,
+            role=role,
+            version=__version__,
+            install_packages=spec.install_packages,
+            packages=ROLE_PACKAGES[role],
+            env=host_env(spec, role),
+            scripts=scripts,
+            role_scripts=ROLE_SCRIPTS[role],
+        )
+    except jinja2.TemplateError as exc:
+        raise TemplateError(f"cloud_init/host.yaml.j2 ({role}): {exc}") from None
+    _check_cloud_config(text, role)
+    return text
+
+
+def _check_cloud_config(text: str, role: str) -> None:
+    if not text.startswith("#cloud-config\n"):
+        raise TemplateError(f"user-data for {role} does not start with #cloud-config")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise TemplateError(f"user-data for {role} is not YAML: {exc}") from None
+    if not isinstance(data, dict) or "write_files" not in data:
+        raise TemplateError(f"user-data for {role} lacks write_files")
+
+
+def stack_parameters(spec: ClusterSpec, ssh_public_key: str = "") -> dict[str, Any]:
+    """The stack's parameters, as written to environment.yaml."""
+    servers = spec.servers
+    allowed = spec.ssh.allowed_cidr or spec.network.cidr
+    return {
+        "cluster_name": spec.name,
+        "cluster_tags": ",".join(cluster_tags(spec)),
+        "worker_count": spec.workers,
+        "manager_image": servers.manager.image or servers.image,
+        "worker_image": servers.worker.image or servers.image,
+        "nfs_image": servers.nfs.image or servers.image,
+        "manager_flavor": servers.manager.flavor,
+        "worker_flavor": servers.worker.flavor,
+        "nfs_flavor": servers.nfs.flavor,
+        "key_name": spec.ssh.keypair or "",
+        "ssh_public_key": ssh_public_key if not spec.ssh.keypair else "",
+        "external_network": spec.network.external,
+        "private_cidr": spec.network.cidr,
+        "dns_nameservers": ",".join(spec.network.dns_nameservers),
+        "allowed_ssh_cidr": allowed,
+        "nfs_export_path": spec.nfs.export_path,
+        "share_mount_point": spec.nfs.mount_point,
+        "nfs_volume_size": spec.nfs.volume_size_gb,
+        "hosts_timeout": spec.timeouts.hosts_ready,
+        "nfs_timeout": spec.timeouts.hosts_ready,
+    }
+
+
+def cluster_tags(spec: ClusterSpec) -> list[str]:
+    return [f"astrostack-cluster={spec.name}", "astrostack", *spec.tags]
+
+
+def stack_tags(spec: ClusterSpec) -> list[str]:
+    return cluster_tags(spec)
+
+
+def environment(spec: ClusterSpec, ssh_public_key: str = "") -> dict[str, Any]:
+    registry: dict[str, Any] = {"Astrostack::Worker": "lib/worker.yaml"}
+    if spec.cloud == "local":
+        registry.update(local_resource_registry())
+    return {
+        "parameters": stack_parameters(spec, ssh_public_key),
+        "resource_registry": registry,
+    }
+
+
+def local_resource_registry() -> dict[str, str]:
+    """Stand-ins of the local cloud (Nova, Neutron, Cinder types only)."""
+    path = paths.heat_templates_dir() / "local-environment.yaml"
+    if not path.exists():
+        raise InvalidInput(f"{path} is missing: the local cloud's resource registry")
+    data = yaml.safe_load(path.read_text()) or {}
+    return dict(data.get("resource_registry", {}))
+
+
+def render(spec: ClusterSpec, out_dir: str | Path, ssh_public_key: str = "") -> Rendered:
+    """Write everything `openstack stack create -t -e` needs into OUT_DIR."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InvalidInput(f"{out}: exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    source = paths.heat_templates_dir()
+    shutil.copyfile(source / "cluster.yaml", out / "cluster.yaml")
+    (out / "lib").mkdir(exist_ok=True)
+    for nested in sorted((source / "lib").glob("*.yaml")):
+        shutil.copyfile(nested, out / "lib" / nested.name)
+    user_data_dir = out / "user-data"
+    user_data_dir.mkdir(exist_ok=True)
+    jinja_env = _jinja_env()
+    user_data = {}
+    for role in ROLES:
+        target = user_data_dir / f"{role}.yaml"
+        target.write_text(render_user_data(spec, role, jinja_env))
+        user_data[role] = target
+    env_path = out / "environment.yaml"
+    env_path.write_text(_environment_text(spec, ssh_public_key))
+    return Rendered(out, out / "cluster.yaml", env_path, user_data)
+
+
+def _environment_text(spec: ClusterSpec, ssh_public_key: str) -> str:
+    header = (
+        f"# Heat environment of astrostack cluster {spec.name!r} (spec hash {spec.spec_hash()}).\n"
+        f"# Use: openstack stack create -t cluster.yaml -e environment.yaml {spec.name}\n"
+    )
+    body = yaml.safe_dump(environment(spec, ssh_public_key), sort_keys=False, default_flow_style=False)
+    return header + body

@@ -1,0 +1,484 @@
+"""The cluster spec: one YAML file -> a validated :class:`ClusterSpec`.
+
+The spec is the only input a user writes. Everything that would make a stack
+fail later (overlay too small, names that are not DNS-safe, more ranks than
+hosts can hold, timeouts Heat refuses, too many Heat resources) is caught here,
+and every error names the field and what is allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import math
+import re
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from astrostack.errors import SpecError
+
+DNS_LABEL = re.compile(r"^[a-z]([a-z0-9-]{0,30}[a-z0-9])?$")
+TAG = re.compile(r"^[A-Za-z0-9_.:=-]{1,60}$")
+
+# Heat's own limits (heat.conf defaults and the WaitCondition schema).
+HEAT_MAX_RESOURCES_PER_STACK = 1000
+HEAT_WAIT_CONDITION_MAX_S = 43200
+HEAT_MIN_TIMEOUT_S = 60
+# Resources outside the worker ResourceGroup, and per worker (port + server
+# + the nested stack itself).
+FIXED_HEAT_RESOURCES = 22
+HEAT_RESOURCES_PER_WORKER = 3
+# Addresses an overlay network uses besides the containers: network address,
+# broadcast, gateway, and one load-balancer endpoint per Swarm node.
+OVERLAY_RESERVED_ADDRESSES = 3
+
+
+class Mode(str, Enum):
+    swarm = "swarm"
+    mpi = "mpi"
+
+
+class OnFailure(str, Enum):
+    rollback = "rollback"
+    keep = "keep"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_enum_values=False)
+
+
+class ServerRole(_Section):
+    """Flavor and (optional) image of one VM role."""
+
+    flavor: str = Field(description="Nova flavor name or id.")
+    image: Optional[str] = Field(
+        default=None, description="Glance image for this role; default: servers.image."
+    )
+
+
+class Servers(_Section):
+    image: str = Field(
+        default="debian-12",
+        description="Glance image for every VM (Debian 12 or Ubuntu 22.04+ with cloud-init).",
+    )
+    manager: ServerRole = ServerRole(flavor="m1.large")
+    worker: ServerRole = ServerRole(flavor="m1.large")
+    nfs: ServerRole = ServerRole(flavor="m1.small")
+    user: str = Field(default="debian", description="Login user of the image.")
+    install_packages: Optional[bool] = Field(
+        default=None,
+        description="apt-get update + install docker.io/nfs-common at boot; "
+        "null: yes on real clouds, no on the local cloud (its VM image has them).",
+    )
+
+
+class Ssh(_Section):
+    keypair: Optional[str] = Field(
+        default=None,
+        description="Existing Nova keypair; null: astrostack generates one per cluster "
+        "and keeps the private key in its state directory (mode 0600).",
+    )
+    allowed_cidr: Optional[str] = Field(
+        default=None,
+        description="Who may SSH to the manager's floating IP, e.g. 203.0.113.7/32. "
+        "Required on real clouds.",
+    )
+
+    @field_validator("allowed_cidr")
+    @classmethod
+    def _cidr(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None:
+            _network(value)
+        return value
+
+
+class Network(_Section):
+    external: str = Field(default="public", description="External (provider) network for the router and floating IP.")
+    cidr: str = Field(default="10.10.0.0/24", description="Private subnet of the cluster's VMs.")
+    dns_nameservers: list[str] = Field(default_factory=lambda: ["8.8.8.8"])
+
+    @field_validator("cidr")
+    @classmethod
+    def _cidr(cls, value: str) -> str:
+        net = _network(value)
+        if net.prefixlen > 28:
+            raise ValueError(f"{value} is too small for a cluster: use a /28 or larger")
+        return value
+
+    @field_validator("dns_nameservers")
+    @classmethod
+    def _dns(cls, value: list[str]) -> list[str]:
+        for server in value:
+            try:
+                ipaddress.ip_address(server)
+            except ValueError:
+                raise ValueError(f"{server!r} is not an IP address") from None
+        return value
+
+
+class Nfs(_Section):
+    volume_size_gb: int = Field(default=100, ge=1, le=16384, description="Cinder volume size (GiB).")
+    export_path: str = Field(default="/export/share", description="Export directory on the NFS server.")
+    mount_point: str = Field(default="/mnt/share", description="Where every host mounts the share.")
+
+    @field_validator("export_path", "mount_point")
+    @classmethod
+    def _abs(cls, value: str) -> str:
+        if not re.fullmatch(r"/[A-Za-z0-9_./-]*", value) or ".." in value or value == "/":
+            raise ValueError(f"{value!r} must be an absolute path below / made of [A-Za-z0-9_./-]")
+        return value.rstrip("/")
+
+
+class Overlay(_Section):
+    name: str = Field(default="astro-net", description="Name of the Swarm overlay network.")
+    subnet: str = Field(default="10.0.9.0/24", description="Overlay subnet; must hold every node.")
+    encrypted: bool = Field(default=True, description="IPsec-encrypt overlay traffic between hosts.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _dns_label(value)
+
+    @field_validator("subnet")
+    @classmethod
+    def _subnet(cls, value: str) -> str:
+        _network(value)
+        return value
+
+
+class Registry(_Section):
+    url: Optional[str] = Field(
+        default=None,
+        description="host:port of a private registry the hosts pull from; null: the "
+        "cluster runs one on the NFS server VM.",
+    )
+    insecure: bool = Field(default=True, description="Plain-HTTP registry (added to insecure-registries).")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?", value):
+            raise ValueError(f"{value!r} must be host[:port], without scheme or path")
+        return value
+
+
+class Application(_Section):
+    image: str = Field(default="astrostack/mpi-base:latest", description="Image of the MPI containers.")
+    slots_per_node: int = Field(default=1, ge=1, le=256, description="MPI slots per container.")
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9._/:@-]{0,254}", value):
+            raise ValueError(f"{value!r} is not a container image reference")
+        return value
+
+
+class Timeouts(_Section):
+    """Deadlines per phase, in seconds."""
+
+    stack_create: int = Field(default=900, description="Heat resources created (VMs ACTIVE).")
+    hosts_ready: int = Field(default=900, description="Every host signalled its wait condition.")
+    nodes_ready: int = Field(default=600, description="Every MPI rank running and reachable.")
+    delete: int = Field(default=600, description="Stack deletion.")
+
+    @field_validator("stack_create", "hosts_ready", "nodes_ready", "delete")
+    @classmethod
+    def _heat_range(cls, value: int) -> int:
+        if not HEAT_MIN_TIMEOUT_S <= value <= HEAT_WAIT_CONDITION_MAX_S:
+            raise ValueError(
+                f"{value} s is outside Heat's range {HEAT_MIN_TIMEOUT_S}..{HEAT_WAIT_CONDITION_MAX_S} s"
+            )
+        return value
+
+    @property
+    def total(self) -> int:
+        return self.stack_create + self.hosts_ready + self.nodes_ready
+
+
+FaultKind = Literal["cloud-init-fail", "never-signal", "die-after-boot"]
+
+
+class Fault(_Section):
+    host: str = Field(description="Host name, e.g. manager, worker-0, nfs.")
+    fault: FaultKind
+
+
+class Local(_Section):
+    """Only for `cloud: local`: fault injection to see how a cluster fails."""
+
+    faults: list[Fault] = Field(default_factory=list)
+
+
+class ClusterSpec(_Section):
+    """An astrostack cluster."""
+
+    name: str = Field(description="Cluster name: DNS-safe, 1-32 chars, lower case.")
+    cloud: str = Field(default="local", description="clouds.yaml cloud name, or `local`.")
+    mode: Mode = Field(default=Mode.swarm, description="`swarm` (Docker Swarm services) or `mpi` (plain MPI hosts).")
+    hosts: int = Field(default=3, ge=1, le=1000, description="VMs that run containers, manager included.")
+    nodes: int = Field(default=12, ge=1, le=100000, description="MPI ranks (containers in swarm mode), master included.")
+    servers: Servers = Servers()
+    ssh: Ssh = Ssh()
+    network: Network = Network()
+    nfs: Nfs = Nfs()
+    overlay: Overlay = Overlay()
+    registry: Registry = Registry()
+    application: Application = Application()
+    timeouts: Timeouts = Timeouts()
+    on_failure: OnFailure = Field(default=OnFailure.rollback, description="`rollback` (delete everything) or `keep` for debugging.")
+    tags: list[str] = Field(default_factory=list, description="Extra tags on every taggable resource.")
+    local: Local = Local()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _dns_label(value)
+
+    @field_validator("cloud")
+    @classmethod
+    def _cloud(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", value):
+            raise ValueError(f"{value!r} is not a clouds.yaml cloud name")
+        return value
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: list[str]) -> list[str]:
+        for tag in value:
+            if not TAG.fullmatch(tag):
+                raise ValueError(f"{tag!r}: tags are 1-60 chars of [A-Za-z0-9_.:=-]")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ClusterSpec":
+        if self.nodes < self.hosts:
+            raise ValueError(f"nodes: {self.nodes} is fewer than hosts ({self.hosts}): every host runs at least one rank")
+        _check_overlay_capacity(self)
+        _check_network_capacity(self)
+        _check_heat_resources(self)
+        if self.cloud != "local" and self.ssh.allowed_cidr is None:
+            raise ValueError("ssh.allowed_cidr: required on a real cloud (e.g. your office /32)")
+        if self.local.faults and self.cloud != "local":
+            raise ValueError("local.faults: only applies to `cloud: local`")
+        for fault in self.local.faults:
+            if fault.host not in self.host_names() + ["nfs"]:
+                raise ValueError(f"local.faults: no host {fault.host!r} (hosts: manager, worker-0..worker-{self.workers - 1}, nfs)")
+        return self
+
+    # Derived values -----------------------------------------------------
+
+    @property
+    def workers(self) -> int:
+        """Worker VMs (hosts minus the manager)."""
+        return self.hosts - 1
+
+    @property
+    def install_packages(self) -> bool:
+        if self.servers.install_packages is not None:
+            return self.servers.install_packages
+        return self.cloud != "local"
+
+    @property
+    def overlay_encrypted(self) -> bool:
+        """Encryption as deployed: the local cloud's kernel drops ESP traffic."""
+        return self.overlay.encrypted and self.cloud != "local"
+
+    def host_names(self) -> list[str]:
+        return ["manager"] + [f"worker-{i}" for i in range(self.workers)]
+
+    def ranks_per_host(self) -> list[int]:
+        """How the nodes spread over hosts, manager first (the master's host)."""
+        base, extra = divmod(self.nodes, self.hosts)
+        return [base + (1 if i < extra else 0) for i in range(self.hosts)]
+
+    def heat_resource_count(self) -> int:
+        return FIXED_HEAT_RESOURCES + HEAT_RESOURCES_PER_WORKER * self.workers
+
+    def spec_hash(self) -> str:
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def fault_for(self, host: str) -> Optional[str]:
+        for fault in self.local.faults:
+            if fault.host == host:
+                return fault.fault
+        return None
+
+
+def _dns_label(value: str) -> str:
+    if not DNS_LABEL.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not DNS-safe: use 1-32 chars of a-z, 0-9 and '-', starting with a letter"
+        )
+    return value
+
+
+def _network(value: str) -> ipaddress.IPv4Network:
+    try:
+        return ipaddress.IPv4Network(value, strict=True)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not an IPv4 CIDR ({exc})") from None
+
+
+def _check_overlay_capacity(spec: ClusterSpec) -> None:
+    if spec.mode is not Mode.swarm:
+        return
+    net = ipaddress.IPv4Network(spec.overlay.subnet)
+    usable = net.num_addresses - OVERLAY_RESERVED_ADDRESSES - spec.hosts
+    if spec.nodes > usable:
+        need = 32 - math.ceil(math.log2(spec.nodes + spec.hosts + OVERLAY_RESERVED_ADDRESSES))
+        raise ValueError(
+            f"overlay.subnet: {spec.overlay.subnet} holds {max(usable, 0)} containers with "
+            f"{spec.hosts} hosts, not {spec.nodes}: use a /{need} or larger"
+        )
+
+
+def _check_network_capacity(spec: ClusterSpec) -> None:
+    net = ipaddress.IPv4Network(spec.network.cidr)
+    # network, gateway, DHCP, broadcast, the NFS server
+    usable = net.num_addresses - 5
+    if spec.hosts > usable:
+        raise ValueError(f"network.cidr: {spec.network.cidr} holds {usable} VMs, not {spec.hosts} hosts + NFS")
+
+
+def _check_heat_resources(spec: ClusterSpec) -> None:
+    count = spec.heat_resource_count()
+    if count > HEAT_MAX_RESOURCES_PER_STACK:
+        max_hosts = (HEAT_MAX_RESOURCES_PER_STACK - FIXED_HEAT_RESOURCES) // HEAT_RESOURCES_PER_WORKER + 1
+        raise ValueError(
+            f"hosts: {spec.hosts} hosts need {count} Heat resources, over Heat's default limit of "
+            f"{HEAT_MAX_RESOURCES_PER_STACK}: use at most {max_hosts} hosts"
+        )
+
+
+# Loading --------------------------------------------------------------------
+
+
+def load_spec(path: str | Path) -> ClusterSpec:
+    """Read and validate a spec file; raise :class:`SpecError` with one line."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such spec file") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{path}: cannot read the spec ({exc.__class__.__name__})") from None
+    return parse_spec(text, source=str(path))
+
+
+def parse_spec(text: str, source: str = "<spec>") -> ClusterSpec:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise SpecError(f"{source}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: a spec is a YAML mapping with at least `name:`")
+    return spec_from_dict(data, source)
+
+
+def spec_from_dict(data: dict[str, Any], source: str = "<spec>") -> ClusterSpec:
+    try:
+        return ClusterSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(f"{source}: {describe_validation_error(exc)}") from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """The first error as `field: message`, plus a count of the others."""
+    errors = exc.errors()
+    first = errors[0]
+    field = ".".join(str(part) for part in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown field (see `astrostack spec schema`)"
+    elif first["type"] == "missing":
+        message = "required field is missing"
+    elif first["type"] in ("enum", "literal_error"):
+        message = f"{message}, got {first.get('input')!r}"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    # Cross-field checks (model validators) already start with their field.
+    return f"{field}: {message}{more}" if field else f"{message}{more}"
+
+
+def json_schema() -> dict[str, Any]:
+    schema = ClusterSpec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "astrostack cluster spec"
+    return schema
+
+
+SPEC_TEMPLATE = """\
+# astrostack cluster spec. Validate: astrostack validate {filename}
+# Every field but `name` has a default; `astrostack spec schema` prints them all.
+name: {name}                 # DNS-safe, lower case, <= 32 chars; tags every resource
+cloud: {cloud}               # `local` (this machine) or a clouds.yaml cloud name
+mode: swarm                  # swarm: Docker Swarm services; mpi: plain MPI hosts
+hosts: 3                     # VMs that run containers, manager included
+nodes: 12                    # MPI ranks (containers), master included; >= hosts
+
+servers:
+  image: debian-12           # Glance image with cloud-init (Debian 12 / Ubuntu 22.04+)
+  user: debian
+  manager: {{flavor: m1.large}}
+  worker: {{flavor: m1.large}}
+  nfs: {{flavor: m1.small}}
+
+ssh:
+  keypair: null              # existing Nova keypair, or null to generate one per cluster
+  allowed_cidr: {allowed}      # who may SSH to the manager's floating IP
+
+network:
+  external: public           # provider network for the router and floating IP
+  cidr: 10.10.0.0/24
+
+nfs:
+  volume_size_gb: 100
+  export_path: /export/share
+  mount_point: /mnt/share
+
+overlay:
+  name: astro-net
+  subnet: 10.0.9.0/24        # a /24 holds about 250 containers
+  encrypted: true            # turned off (and reported) on the local cloud
+
+registry:
+  url: null                  # host:port of your registry; null: one runs on the NFS VM
+
+application:
+  image: astrostack/mpi-base:latest
+
+timeouts:                    # seconds per phase
+  stack_create: 900
+  hosts_ready: 900
+  nodes_ready: 600
+
+on_failure: rollback         # or `keep` to keep a failed cluster for debugging
+tags: []
+"""
+
+
+def starter_spec(name: str = "my-cluster", cloud: str = "local", filename: str = "cluster.yaml") -> str:
+    allowed = "null" if cloud == "local" else "203.0.113.7/32"
+    text = SPEC_TEMPLATE.format(name=name, cloud=cloud, allowed=allowed, filename=filename)
+    parse_spec(text, source="starter spec")  # the starter must always validate
+    return text
+
+
+__all__ = [
+    "ClusterSpec",
+    "Mode",
+    "OnFailure",
+    "load_spec",
+    "parse_spec",
+    "spec_from_dict",
+    "json_schema",
+    "starter_spec",
+]
