@@ -1,0 +1,292 @@
+"""What astrostack remembers about each cluster: one JSON file per cluster.
+
+Files live in :func:`astrostack.paths.state_dir` (mode 0700) as
+``<name>.json`` (mode 0600, written atomically: a crash leaves the old file or
+the new one, never half of one). Beside them: ``<name>.lock`` (the per-cluster
+process lock) and ``<name>.runs/<run_id>/`` (evidence of each deployment).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from astrostack import paths
+from astrostack.errors import AstrostackError, InvalidInput, NotFound
+
+SCHEMA_VERSION = 1
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+# Cluster names are DNS labels (spec.py); this also keeps names from escaping the state dir.
+_NAME = re.compile(r"^[a-z]([a-z0-9-]{0,30}[a-z0-9])?$")
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+Status = Literal["creating", "ready", "failed", "rolled_back", "deleting", "deleted"]
+
+
+class StateCorrupt(AstrostackError):
+    """A state file exists but cannot be read as a cluster record."""
+
+
+class ClusterBusy(AstrostackError):
+    """Another astrostack process holds the cluster's lock."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class PhaseRecord(BaseModel):
+    """Wall-clock times of one deployment phase and how it ended."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    started: Optional[datetime] = None
+    finished: Optional[datetime] = None
+    outcome: Optional[str] = None  # "done" | "failed" | "timeout" | ...
+
+
+class ClusterRecord(BaseModel):
+    """Everything astrostack needs to find, show, use and delete a cluster."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    name: str
+    cloud: str
+    mode: str
+    spec_hash: str
+    spec: dict[str, Any] = Field(default_factory=dict)
+    stack_id: Optional[str] = None
+    stack_name: Optional[str] = None
+    status: Status = "creating"
+    phases: dict[str, PhaseRecord] = Field(default_factory=dict)
+    hosts_target: int = 0
+    nodes_target: int = 0
+    hosts_ready: int = 0
+    nodes_ready: int = 0
+    image_digests: dict[str, str] = Field(default_factory=dict)
+    evidence_dir: Optional[str] = None
+    ssh_private_key_path: Optional[str] = None
+    jobs: list[dict[str, Any]] = Field(default_factory=list)
+    created: datetime = Field(default_factory=utcnow)
+    updated: datetime = Field(default_factory=utcnow)
+
+    @classmethod
+    def from_spec(cls, spec: Any, **fields: Any) -> ClusterRecord:
+        """A new record for a :class:`~astrostack.spec.ClusterSpec`, status ``creating``."""
+        return cls(
+            name=spec.name,
+            cloud=spec.cloud,
+            mode=spec.mode.value,
+            spec_hash=spec.spec_hash(),
+            spec=spec.model_dump(mode="json"),
+            hosts_target=spec.hosts,
+            nodes_target=spec.nodes,
+            **fields,
+        )
+
+
+# Paths ----------------------------------------------------------------------
+
+
+def _check_name(name: str) -> str:
+    if not _NAME.fullmatch(name):
+        raise InvalidInput(f"{name!r} is not a cluster name: 1-32 chars of a-z, 0-9 and '-', starting with a letter")
+    return name
+
+
+def _state_dir() -> Path:
+    directory = paths.state_dir()
+    if directory.stat().st_mode & 0o777 != DIR_MODE:
+        directory.chmod(DIR_MODE)
+    return directory
+
+
+def state_path(name: str) -> Path:
+    return _state_dir() / f"{_check_name(name)}.json"
+
+
+def lock_path(name: str) -> Path:
+    return _state_dir() / f"{_check_name(name)}.lock"
+
+
+def evidence_dir(name: str, run_id: str) -> Path:
+    """``<state_dir>/<name>.runs/<run_id>/``, created (mode 0700) if missing."""
+    if not _RUN_ID.fullmatch(run_id):
+        raise InvalidInput(f"{run_id!r} is not a run id: 1-64 chars of A-Z, a-z, 0-9, '_', '.', '-'")
+    runs = _state_dir() / f"{_check_name(name)}.runs"
+    runs.mkdir(mode=DIR_MODE, exist_ok=True)
+    directory = runs / run_id
+    directory.mkdir(mode=DIR_MODE, exist_ok=True)
+    return directory
+
+
+# Records --------------------------------------------------------------------
+
+
+def exists(name: str) -> bool:
+    return state_path(name).is_file()
+
+
+def load(name: str) -> ClusterRecord:
+    path = state_path(name)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise NotFound(f"no cluster named {name!r}", hint="`astrostack list` shows the clusters") from None
+    return _parse(text, path)
+
+
+def _parse(text: str, path: Path) -> ClusterRecord:
+    try:
+        return ClusterRecord.model_validate_json(text)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "file"
+        raise StateCorrupt(
+            f"{path}: not a valid cluster record ({where}: {first['msg']})",
+            hint="move the file aside; the stack itself is untouched",
+        ) from None
+
+
+def save(record: ClusterRecord, *, now: Optional[datetime] = None) -> Path:
+    """Write ``record`` atomically (temp file, fsync, ``os.replace``), mode 0600."""
+    record.updated = now or utcnow()
+    path = state_path(record.name)
+    payload = record.model_dump_json(indent=2) + "\n"
+    _write_atomically(path, payload)
+    return path
+
+
+def _write_atomically(path: Path, payload: str) -> None:
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "w") as stream:
+            os.fchmod(stream.fileno(), FILE_MODE)
+            stream.write(payload)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename itself durable."""
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def list_records() -> list[ClusterRecord]:
+    """Every cluster record, by name. A corrupt file raises :class:`StateCorrupt` naming it."""
+    directory = _state_dir()
+    return [_parse(path.read_text(), path) for path in sorted(directory.glob("*.json"))]
+
+
+def delete(name: str) -> bool:
+    """Forget a cluster (its evidence folders stay). Returns whether a record existed."""
+    try:
+        state_path(name).unlink()
+    except FileNotFoundError:
+        return False
+    _fsync_directory(_state_dir())
+    return True
+
+
+def record_phase(record: ClusterRecord, phase: str, outcome: Optional[str] = None, *,
+                 now: Optional[datetime] = None) -> PhaseRecord:
+    """Mark ``phase`` started (no ``outcome``) or finished with ``outcome``, in memory.
+
+    The caller saves the record; times are wall-clock UTC.
+    """
+    now = now or utcnow()
+    if outcome is None:
+        entry = PhaseRecord(started=now)
+    else:
+        entry = record.phases.get(phase) or PhaseRecord(started=now)
+        entry = entry.model_copy(update={"finished": now, "outcome": outcome})
+    record.phases[phase] = entry
+    return entry
+
+
+# Process lock ---------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def cluster_lock(name: str) -> Iterator[Path]:
+    """Hold ``<name>.lock`` (``flock``, non-blocking) while the block runs.
+
+    Raises :class:`ClusterBusy` naming the holder's pid when another process
+    has it. The file is kept afterwards: unlinking a lock file races with the
+    next process opening it.
+    """
+    path = lock_path(name)
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    try:
+        _acquire(descriptor, name)
+        try:
+            os.ftruncate(descriptor, 0)
+            os.write(descriptor, f"{os.getpid()}\n".encode())
+            yield path
+        finally:
+            # Explicit unlock: a child that inherited the descriptor would otherwise keep it.
+            fcntl.flock(descriptor, fcntl.LOCK_UN)
+    finally:
+        os.close(descriptor)
+
+
+def _acquire(descriptor: int, name: str) -> None:
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _read_pid(descriptor)
+        raise ClusterBusy(
+            f"cluster {name} is busy: another astrostack process (pid {holder}) holds it",
+            hint="wait for it to finish, or stop that process",
+        ) from None
+
+
+def _read_pid(descriptor: int) -> str:
+    os.lseek(descriptor, 0, os.SEEK_SET)
+    text = os.read(descriptor, 32).decode(errors="replace").strip()
+    return text if text.isdigit() else "unknown"
+
+
+def dump(record: ClusterRecord) -> dict[str, Any]:
+    """The record as plain JSON data (for ``--json`` output)."""
+    return json.loads(record.model_dump_json())
+
+
+__all__ = [
+    "ClusterBusy",
+    "ClusterRecord",
+    "PhaseRecord",
+    "StateCorrupt",
+    "cluster_lock",
+    "delete",
+    "dump",
+    "evidence_dir",
+    "exists",
+    "list_records",
+    "load",
+    "record_phase",
+    "save",
+    "state_path",
+]
