@@ -256,7 +256,7 @@ class ClusterSpec(_Section):
         return value
 
     @model_validator(mode="after")
-    def _consistent(self) -> "ClusterSpec":
+    def _consistent(self) -> ClusterSpec:
         if self.nodes < self.hosts:
             raise ValueError(f"nodes: {self.nodes} is fewer than hosts ({self.hosts}): every host runs at least one rank")
         _check_overlay_capacity(self)

@@ -1,9 +1,134 @@
-"""Cluster lifecycle commands (up, status, down, ...)."""
+"""Cluster lifecycle commands: up, status, list, down, scale, rollback, sweep."""
 
 from __future__ import annotations
 
+import sys
+from typing import Optional
+
 import typer
+
+from astrostack import lifecycle, state
+from astrostack.cleanup import SweepResult, sweep, sweeper_for
+from astrostack.cli.common import console, err_console, print_json, spec_from_path
+from astrostack.cloud import connect
+from astrostack.progress import JsonLinesPrinter, ProgressPrinter
+from astrostack.stack import Heat
 
 
 def register(root: typer.Typer) -> None:
-    """Lifecycle commands are added as the lifecycle library lands."""
+    names = {"up": up, "status": status, "list": list_clusters, "down": down,
+             "scale": scale, "rollback": rollback, "sweep": sweep_cmd}
+    for name, command in names.items():
+        root.command(name)(command)
+
+
+def _runtime(as_json: bool, on_event=None) -> lifecycle.Runtime:
+    note = (lambda m: err_console.print(m, highlight=False)) if as_json else (lambda m: console.print(m, highlight=False))
+    return lifecycle.Runtime(on_event=on_event, note=note)
+
+
+def up(
+    spec: str = typer.Argument(..., help="Cluster spec (YAML)."),
+    keep_on_failure: Optional[bool] = typer.Option(
+        None, "--keep-on-failure/--rollback-on-failure",
+        help="Keep a failed cluster for debugging (exit 4) or roll it back (exit 3); default: the spec's on_failure."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per phase event on stdout."),
+) -> None:
+    """Create the cluster and wait until every host and node is ready."""
+    cluster = spec_from_path(spec)
+    if as_json:
+        record = lifecycle.up(cluster, keep_on_failure=keep_on_failure,
+                              runtime=_runtime(True, JsonLinesPrinter(sys.stdout)))
+        print_json({"event": "ready", "cluster": record.name, "stack_id": record.stack_id,
+                    "phases": state.dump(record)["phases"]})
+        return
+    with ProgressPrinter(console) as progress:
+        record = lifecycle.up(cluster, keep_on_failure=keep_on_failure, runtime=_runtime(False, progress))
+    console.print(f"cluster {record.name} is ready: {record.hosts_target} hosts, {record.nodes_target} nodes")
+
+
+def status(
+    name: str = typer.Argument(..., help="Cluster name."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Stack status, hosts, nodes and phase timings of a cluster."""
+    report = lifecycle.status(name)
+    if as_json:
+        print_json(report)
+        return
+    console.print(f"cluster {report['name']} ({report['cloud']}, {report['mode']}): {report['status']}", highlight=False)
+    console.print(f"  stack: {report['stack_status']}  hosts {report['hosts_ready']}/{report['hosts_target']}  "
+                  f"nodes {report['nodes_ready']}/{report['nodes_target']}", highlight=False)
+    for phase, entry in report["phases"].items():
+        console.print(f"  {phase:<6} {entry.get('outcome') or 'running'} {entry.get('seconds') or ''}", highlight=False)
+    if report.get("evidence_dir"):
+        console.print(f"  evidence: {report['evidence_dir']}", highlight=False)
+
+
+def list_clusters(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Clusters known to the state store."""
+    rows = [{"name": r.name, "cloud": r.cloud, "status": r.status, "hosts": r.hosts_target,
+             "nodes": r.nodes_target, "stack_id": r.stack_id} for r in state.list_records()]
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        console.print("no clusters (create one: astrostack up SPEC)")
+    for row in rows:
+        console.print(f"{row['name']:<24} {row['cloud']:<10} {row['status']:<12} {row['hosts']} hosts {row['nodes']} nodes",
+                      highlight=False)
+
+
+def down(
+    name: str = typer.Argument(..., help="Cluster name."),
+    cloud: Optional[str] = typer.Option(None, help="Cloud, when the cluster is not in the state store."),
+    force: bool = typer.Option(False, "--force", help="Retry; delete servers first, then the stack again."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Delete a cluster and verify nothing is left (a cluster already gone is a no-op)."""
+    result = lifecycle.down(name, cloud_name=cloud, force=force, runtime=_runtime(as_json))
+    _report_sweep(name, result, as_json, verb="deleted")
+
+
+def scale(
+    name: str = typer.Argument(..., help="Cluster name."),
+    hosts: int = typer.Option(..., "--hosts", min=1, help="New number of hosts (manager included)."),
+    nodes: Optional[int] = typer.Option(None, "--nodes", min=1, help="New number of nodes."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Change the worker count (a stack update, rolled back on failure)."""
+    record = lifecycle.scale(name, hosts, nodes, runtime=_runtime(as_json))
+    if as_json:
+        print_json({"cluster": name, "hosts": record.hosts_target, "nodes": record.nodes_target})
+    else:
+        console.print(f"cluster {name} scaled to {record.hosts_target} hosts, {record.nodes_target} nodes")
+
+
+def rollback(name: str = typer.Argument(..., help="Cluster name.")) -> None:
+    """Undo a failed or stuck update (scale) to the last good state."""
+    outcome = lifecycle.rollback(name, runtime=_runtime(False))
+    console.print(f"cluster {name}: {outcome}")
+
+
+def sweep_cmd(
+    cloud: str = typer.Option("local", "--cloud", help="`local` or a clouds.yaml cloud."),
+    yes: bool = typer.Option(False, "--yes", help="Delete; without it, only list."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Find (and with --yes delete) resources tagged with a cluster that has no stack."""
+    heat = Heat(connect(cloud))
+    live = {s["stack_name"] for s in heat.list_stacks() if s.get("stack_status") != "DELETE_COMPLETE"}
+    result = sweep(sweeper_for(cloud, heat.conn), None, live_clusters=live, dry_run=not yes)
+    _report_sweep("(all)", result, as_json, verb="deleted" if yes else "would delete")
+
+
+def _report_sweep(name: str, result: SweepResult, as_json: bool, verb: str) -> None:
+    items = result.deleted or result.found
+    if as_json:
+        print_json({"cluster": name, "found": [i.__dict__ for i in result.found],
+                    "deleted": [i.__dict__ for i in result.deleted]})
+        return
+    for item in items:
+        console.print(f"  {verb} leftover {item.kind} {item.name} (cluster {item.cluster})", highlight=False)
+    console.print(f"{name}: done, {len(result.deleted)} leftover(s) deleted" if result.deleted or verb == "deleted"
+                  else f"{len(result.found)} leftover(s) found; run with --yes to delete")

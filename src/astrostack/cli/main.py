@@ -13,7 +13,7 @@ except ImportError:  # pragma: no cover
     from click import exceptions as click_errors
 
 from astrostack import __version__
-from astrostack.cli import cluster_cmds, spec_cmds
+from astrostack.cli import cluster_cmds, local_cmds, spec_cmds
 from astrostack.cli.common import err_console
 from astrostack.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_INVALID_INPUT, AstrostackError
 
@@ -25,6 +25,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(spec_cmds.app, name="spec")
+app.add_typer(local_cmds.app, name="local")
 spec_cmds.register(app)
 cluster_cmds.register(app)
 

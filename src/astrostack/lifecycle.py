@@ -1,0 +1,404 @@
+"""A cluster's life: up (create, wait, roll back on failure), down, scale,
+rollback. Each flow holds the cluster's lock and keeps its state record true
+at every step, so an interrupted command leaves a record that `status` and
+`down` can act on.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from astrostack import cloud, keys, paths, state
+from astrostack import stack as heat_stack
+from astrostack.cleanup import SweepResult, sweep, sweeper_for
+from astrostack.errors import AstrostackError, CloudError, DeployFailed, InvalidInput, WaitTimeout
+from astrostack.monitor import Deadlines, MonitorError, PhaseEvent, Targets, wait_until_ready
+from astrostack.probe import DeploymentProbe, NodeProbe, NovaServerWatch, ServerWatch, SignalNodeProbe
+from astrostack.render import render, stack_tags
+from astrostack.spec import ClusterSpec, spec_from_dict
+from astrostack.stack import Heat, StackRef
+
+EventSink = Callable[[PhaseEvent], None]
+DELETE_RETRIES = 3
+
+
+@dataclass
+class Runtime:
+    """What the flows need from the outside world, injectable for tests."""
+
+    connect: Callable[[str], Any] = cloud.connect
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+    on_event: Optional[EventSink] = None
+    note: Callable[[str], None] = lambda message: None
+
+
+# up -------------------------------------------------------------------------
+
+
+def up(spec: ClusterSpec, *, keep_on_failure: Optional[bool] = None, runtime: Runtime | None = None) -> state.ClusterRecord:
+    """Create the cluster and wait until hosts and nodes are ready.
+
+    Re-running on an existing cluster resumes the wait or reports it ready;
+    it never creates a twin. On failure: evidence first, then roll back
+    (unless kept); raises :class:`DeployFailed` (exit 3 or 4).
+    """
+    runtime = runtime or Runtime()
+    keep = (spec.on_failure.value == "keep") if keep_on_failure is None else keep_on_failure
+    with state.cluster_lock(spec.name):
+        heat = Heat(runtime.connect(spec.cloud), sleep=runtime.sleep)
+        record, ref = _resume_or_start(spec, heat, runtime)
+        if record.status == "ready":
+            runtime.note(f"cluster {spec.name} is already up")
+            return record
+        return _wait_and_settle(spec, heat, ref, record, keep, runtime)
+
+
+def _resume_or_start(spec: ClusterSpec, heat: Heat, runtime: Runtime) -> tuple[state.ClusterRecord, StackRef]:
+    existing = state.load(spec.name) if state.exists(spec.name) else None
+    live = heat.find(spec.name)
+    if existing and live and existing.stack_id == live.id:
+        if existing.spec_hash != spec.spec_hash():
+            raise InvalidInput(
+                f"cluster {spec.name} exists with another spec (hash {existing.spec_hash}); "
+                f"use `astrostack scale` or `astrostack down {spec.name}` first"
+            )
+        if existing.status == "failed":
+            raise InvalidInput(f"cluster {spec.name} failed and was kept for debugging; run `astrostack down {spec.name}` first")
+        runtime.note(f"resuming the wait for cluster {spec.name} (stack {live.id})")
+        return existing, live
+    if live:
+        raise InvalidInput(f"a stack named {spec.name} exists that astrostack did not record; pick another name or delete it")
+    return _create(spec, heat, runtime)
+
+
+def _create(spec: ClusterSpec, heat: Heat, runtime: Runtime) -> tuple[state.ClusterRecord, StackRef]:
+    record = state.ClusterRecord.from_spec(spec, stack_name=spec.name)
+    public_key = ""
+    if not spec.ssh.keypair:
+        key_file, public_key = keys.ensure_cluster_key(spec.name)
+        record.ssh_private_key_path = str(key_file)
+    prepare_cloud(spec, heat, record, runtime)
+    rendered = render(spec, render_dir(spec.name), ssh_public_key=public_key)
+    state.record_phase(record, "stack")
+    state.save(record)
+    minutes = max(1, -(-(spec.timeouts.stack_create + spec.timeouts.hosts_ready) // 60))
+    ref = heat.create(spec.name, rendered, tags=stack_tags(spec), timeout_mins=minutes)
+    record.stack_id = ref.id
+    state.save(record)
+    runtime.note(f"stack {ref.name} ({ref.id}) created")
+    return record, ref
+
+
+def render_dir(name: str) -> Path:
+    return paths.state_dir() / f"{name}.render"
+
+
+def prepare_cloud(spec: ClusterSpec, heat: Heat, record: state.ClusterRecord, runtime: Runtime) -> None:
+    """Pre-checks before anything is created."""
+    if cloud.is_local(spec.cloud):
+        from astrostack.local import cloud as local_cloud
+
+        local_cloud.prepare(spec, record, note=runtime.note)
+    else:
+        from astrostack.precheck import precheck
+
+        precheck(spec, heat.conn)
+
+
+def _wait_and_settle(spec: ClusterSpec, heat: Heat, ref: StackRef, record: state.ClusterRecord, keep: bool,
+                     runtime: Runtime) -> state.ClusterRecord:
+    probe = DeploymentProbe(heat, ref, servers=server_watch(spec, heat, ref), nodes=node_probe(spec, heat, ref))
+    try:
+        readiness = wait_until_ready(
+            probe, Targets(spec.hosts, spec.nodes), Deadlines.from_spec(spec),
+            clock=runtime.clock, sleep=runtime.sleep, on_event=_recording(record, runtime.on_event),
+        )
+    except MonitorError as exc:
+        raise _settle_failure(spec, heat, ref, record, keep, exc, runtime) from None
+    except KeyboardInterrupt:
+        record.status = "creating"
+        state.save(record)
+        runtime.note(f"interrupted: stack {ref.name} exists; `astrostack status {spec.name}` or `astrostack down {spec.name}`")
+        raise
+    record.status = "ready"
+    record.hosts_ready = readiness.observation.hosts_signalled if readiness.observation else spec.hosts
+    record.nodes_ready = readiness.observation.nodes_ready if readiness.observation else spec.nodes
+    state.save(record)
+    return record
+
+
+def _recording(record: state.ClusterRecord, sink: Optional[EventSink]) -> EventSink:
+    """Persist phase boundaries in the record, then pass the event on."""
+
+    def on_event(event: PhaseEvent) -> None:
+        if event.kind in ("start", "done", "failed", "timeout"):
+            state.record_phase(record, event.phase, None if event.kind == "start" else event.kind)
+            record.hosts_ready = event.hosts_signalled
+            record.nodes_ready = event.nodes_ready
+            state.save(record)
+        if sink:
+            sink(event)
+
+    return on_event
+
+
+def server_watch(spec: ClusterSpec, heat: Heat, ref: StackRef) -> ServerWatch:
+    if cloud.is_local(spec.cloud):
+        from astrostack.local.cloud import LocalServerWatch
+
+        return LocalServerWatch(spec.name)
+    return NovaServerWatch(heat.conn, spec.name)
+
+
+def node_probe(spec: ClusterSpec, heat: Heat, ref: StackRef) -> NodeProbe:
+    """The cluster-level probe where one exists for the cloud, else signals."""
+    try:
+        from astrostack.cluster.probe import probe_for
+    except ImportError:
+        return SignalNodeProbe(heat, ref, spec.ranks_per_host())
+    return probe_for(spec, heat, ref) or SignalNodeProbe(heat, ref, spec.ranks_per_host())
+
+
+def _settle_failure(spec: ClusterSpec, heat: Heat, ref: StackRef, record: state.ClusterRecord, keep: bool,
+                    error: MonitorError, runtime: Runtime) -> DeployFailed:
+    evidence = collect_evidence(spec, heat, ref, record, error)
+    record.evidence_dir = str(evidence)
+    if keep:
+        record.status = "failed"
+        state.save(record)
+        return DeployFailed(f"{error.message}; kept for debugging", phase=error.phase, evidence=str(evidence),
+                            rolled_back=False, hint=f"evidence in {evidence}; `astrostack down {spec.name}` when done")
+    record.status = "deleting"
+    state.save(record)
+    try:
+        teardown(spec.name, spec.cloud, heat, ref, deadline_s=spec.timeouts.delete, runtime=runtime)
+    except AstrostackError as exc:
+        record.status = "failed"
+        state.save(record)
+        return DeployFailed(f"{error.message}; rollback failed too: {exc}", phase=error.phase,
+                            evidence=str(evidence), rolled_back=False,
+                            hint=f"evidence in {evidence}; retry with `astrostack down {spec.name} --force`")
+    record.status = "rolled_back"
+    record.stack_id = None
+    state.save(record)
+    return DeployFailed(f"{error.message}; rolled back", phase=error.phase, evidence=str(evidence),
+                        rolled_back=True, hint=f"evidence in {evidence}")
+
+
+# evidence --------------------------------------------------------------------
+
+
+def collect_evidence(spec: ClusterSpec, heat: Heat, ref: StackRef, record: state.ClusterRecord,
+                     error: Optional[BaseException]) -> Path:
+    """Everything that explains a failure, written before anything is deleted.
+    Each piece is best effort: a missing piece is noted, not fatal."""
+    folder = state.evidence_dir(spec.name, time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6])
+    notes: list[str] = []
+    pieces: dict[str, Callable[[], Any]] = {
+        "stack.json": lambda: heat.show(ref),
+        "events.json": lambda: heat.events(ref),
+        "resources.json": lambda: heat.resources(ref),
+        "failed_resources.json": lambda: heat_stack.failed_resources(heat.resources(ref)),
+        "host_signals.json": lambda: heat_stack.decoded_signal_data(heat.handle_signals(ref)),
+        "nfs_signal.json": lambda: heat_stack.decoded_signal_data(heat.handle_signals(ref, heat_stack.NFS_HANDLE)),
+    }
+    for filename, fetch in pieces.items():
+        try:
+            heat_stack.write_json(folder / filename, fetch())
+        except AstrostackError as exc:
+            notes.append(f"{filename}: {exc}")
+    _collect_consoles(spec, heat, folder, notes)
+    summary = {
+        "cluster": spec.name,
+        "stack": ref.id,
+        "error": str(error) if error else None,
+        "phase": getattr(error, "phase", None),
+        "phases": {k: v.model_dump(mode="json") for k, v in record.phases.items()},
+        "missing": notes,
+    }
+    heat_stack.write_json(folder / "summary.json", summary)
+    return folder
+
+
+def _collect_consoles(spec: ClusterSpec, heat: Heat, folder: Path, notes: list[str]) -> None:
+    consoles = folder / "consoles"
+    consoles.mkdir(parents=True, exist_ok=True)
+    try:
+        if cloud.is_local(spec.cloud):
+            from astrostack.local.cloud import console_logs
+        else:
+            from astrostack.precheck import console_logs
+        for server, text in console_logs(spec.name, heat.conn).items():
+            (consoles / f"{server}.log").write_text(text)
+    except (AstrostackError, OSError) as exc:
+        notes.append(f"consoles: {exc}")
+
+
+# status ---------------------------------------------------------------------
+
+
+def status(name: str, *, runtime: Runtime | None = None) -> dict[str, Any]:
+    """The record plus what the cloud says now (the cloud may be unreachable)."""
+    runtime = runtime or Runtime()
+    record = state.load(name)
+    try:
+        heat = Heat(runtime.connect(record.cloud), sleep=runtime.sleep)
+        ref = heat.find(name)
+        stack_status = heat.status(ref)[0] if ref else "GONE"
+    except AstrostackError as exc:
+        stack_status = f"UNKNOWN ({exc})"
+    report = state.dump(record)
+    report.pop("spec", None)
+    report["stack_status"] = stack_status
+    for entry in report["phases"].values():
+        entry["seconds"] = _seconds(entry)
+    return report
+
+
+def _seconds(entry: dict[str, Any]) -> Optional[float]:
+    from datetime import datetime
+
+    if not (entry.get("started") and entry.get("finished")):
+        return None
+    started = datetime.fromisoformat(str(entry["started"]))
+    finished = datetime.fromisoformat(str(entry["finished"]))
+    return round((finished - started).total_seconds(), 1)
+
+
+# down -----------------------------------------------------------------------
+
+
+def teardown(name: str, cloud_name: str, heat: Heat, ref: Optional[StackRef], *, deadline_s: float,
+             runtime: Runtime, force: bool = False) -> SweepResult:
+    """Delete the stack (retrying DELETE_FAILED), then sweep what is left by tag."""
+    if ref is not None:
+        _delete_stack(name, cloud_name, heat, ref, deadline_s, runtime, force)
+    result = sweep(sweeper_for(cloud_name, heat.conn), name)
+    if result.failed:
+        item, reason = result.failed[0]
+        raise CloudError(f"{len(result.failed)} leftover(s) of {name} could not be deleted, first {item.kind} {item.name}: {reason}")
+    if cloud.is_local(cloud_name):
+        from astrostack.local.cloud import remove_share
+
+        remove_share(name)
+    return result
+
+
+def _delete_stack(name: str, cloud_name: str, heat: Heat, ref: StackRef, deadline_s: float, runtime: Runtime,
+                  force: bool) -> None:
+    for attempt in range(1, DELETE_RETRIES + 1):
+        heat.delete(ref)
+        outcome = heat.wait_for_deletion(ref, deadline_s, clock=runtime.clock)
+        if outcome == "GONE":
+            return
+        _, reason = heat.status(ref)
+        runtime.note(f"delete of stack {name} failed (try {attempt}/{DELETE_RETRIES}): {reason}")
+        if force:
+            # Servers first: they hold ports and volume attachments Heat could not release.
+            sweep(sweeper_for(cloud_name, heat.conn), name)
+    _, reason = heat.status(ref)
+    raise CloudError(f"stack {name} is DELETE_FAILED after {DELETE_RETRIES} tries: {reason}",
+                     hint=f"`astrostack down {name} --force`")
+
+
+def down(name: str, *, cloud_name: Optional[str] = None, force: bool = False,
+         runtime: Runtime | None = None) -> SweepResult:
+    """Delete a cluster and verify nothing is left. A cluster already gone is a no-op."""
+    runtime = runtime or Runtime()
+    with state.cluster_lock(name):
+        record = state.load(name) if state.exists(name) else None
+        cloud_name = cloud_name or (record.cloud if record else None)
+        if cloud_name is None:
+            runtime.note(f"no cluster {name} is known here (see `astrostack list`); nothing to do")
+            return SweepResult()
+        heat = Heat(runtime.connect(cloud_name), sleep=runtime.sleep)
+        ref = heat.find(name)
+        if record:
+            record.status = "deleting"
+            state.save(record)
+        spec_timeout = spec_from_dict(record.spec).timeouts.delete if record else 600
+        result = teardown(name, cloud_name, heat, ref, deadline_s=spec_timeout, runtime=runtime, force=force)
+        state.delete(name)
+        keys.forget_cluster_key(name)
+        return result
+
+
+# scale and rollback -------------------------------------------------------------
+
+
+def scale(name: str, hosts: int, nodes: Optional[int] = None, *, runtime: Runtime | None = None) -> state.ClusterRecord:
+    """Stack update of the worker count (rolled back by Heat on failure)."""
+    runtime = runtime or Runtime()
+    with state.cluster_lock(name):
+        record = state.load(name)
+        old = spec_from_dict(record.spec)
+        data = old.model_dump(mode="json")
+        data.update(hosts=hosts, nodes=nodes if nodes is not None else max(hosts, old.nodes * hosts // old.hosts))
+        new = spec_from_dict(data, source="scale")
+        heat = Heat(runtime.connect(new.cloud), sleep=runtime.sleep)
+        ref = heat.find(name)
+        if ref is None:
+            raise InvalidInput(f"cluster {name} has no stack (status {record.status}); run `astrostack up` first")
+        update = {
+            "worker_count": new.workers,
+            "worker_removal_policies": removal_policies(old.workers, new.workers),
+        }
+        minutes = max(1, -(-(new.timeouts.stack_create + new.timeouts.hosts_ready) // 60))
+        heat.update_parameters(ref, update, timeout_mins=minutes)
+        outcome = _wait_for_update(heat, ref, new.timeouts.stack_create + new.timeouts.hosts_ready, runtime)
+        if outcome != "UPDATE_COMPLETE":
+            _, reason = heat.status(ref)
+            raise DeployFailed(f"scale of {name} to {hosts} hosts ended {outcome}: {reason}", phase="scale",
+                               rolled_back=outcome == "ROLLBACK_COMPLETE")
+        record.spec = new.model_dump(mode="json")
+        record.spec_hash = new.spec_hash()
+        record.hosts_target, record.nodes_target = new.hosts, new.nodes
+        state.save(record)
+        return record
+
+
+def removal_policies(old_workers: int, new_workers: int) -> list[dict[str, list[str]]]:
+    """Remove the highest-indexed workers first (they hold the fewest ranks)."""
+    if new_workers >= old_workers:
+        return []
+    return [{"resource_list": [str(i) for i in range(new_workers, old_workers)]}]
+
+
+def _wait_for_update(heat: Heat, ref: StackRef, deadline_s: float, runtime: Runtime) -> str:
+    deadline = runtime.clock() + deadline_s
+    status = "UPDATE_IN_PROGRESS"
+    while runtime.clock() < deadline:
+        status, _ = heat.status(ref)
+        if not status.endswith("_IN_PROGRESS"):
+            return status
+        runtime.sleep(min(2.0, max(0.0, deadline - runtime.clock())))
+    raise WaitTimeout(f"stack {ref.name} still {status} after {deadline_s:.0f} s",
+                      hint=f"`astrostack rollback {ref.name}`")
+
+
+def rollback(name: str, *, runtime: Runtime | None = None) -> str:
+    """Undo a stuck or failed update: cancel it (Heat rolls back) or
+    re-apply the last good worker count."""
+    runtime = runtime or Runtime()
+    with state.cluster_lock(name):
+        record = state.load(name)
+        spec = spec_from_dict(record.spec)  # the last good spec: updated only after a scale succeeds
+        heat = Heat(runtime.connect(spec.cloud), sleep=runtime.sleep)
+        ref = heat.find(name)
+        if ref is None:
+            raise InvalidInput(f"cluster {name} has no stack to roll back")
+        status, _ = heat.status(ref)
+        if status == "UPDATE_IN_PROGRESS":
+            heat.cancel_update(ref)
+        elif status in ("UPDATE_FAILED", "ROLLBACK_FAILED"):
+            heat.update_parameters(ref, {"worker_count": spec.workers, "worker_removal_policies": []},
+                                   timeout_mins=max(1, spec.timeouts.stack_create // 60))
+        else:
+            runtime.note(f"stack {name} is {status}: nothing to roll back")
+            return status
+        return _wait_for_update(heat, ref, spec.timeouts.stack_create, runtime)

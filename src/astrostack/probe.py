@@ -1,0 +1,125 @@
+"""What the monitor looks at, once per poll.
+
+:class:`DeploymentProbe` combines three views, each with a bounded number of
+requests whatever the number of hosts:
+
+* Heat: the stack, its resources (one nested list) and the hosts'
+  wait-condition handle (3 requests);
+* servers: one listing of the cluster's servers, to see a VM that died
+  after it booted (Nova on a real cloud, Docker labels on the local cloud);
+* nodes: a :class:`NodeProbe` (Swarm tasks / MPI containers + an mpirun
+  smoke test, from :mod:`astrostack.cluster`), asked only in the nodes phase.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Protocol
+
+from astrostack import stack as heat_stack
+from astrostack.monitor import NODES, Observation
+from astrostack.stack import Heat, StackRef
+
+
+@dataclass(frozen=True)
+class NodeView:
+    ready: int
+    failure: Optional[str] = None
+    smoke_ok: Optional[bool] = None
+    requests: int = 0
+    detail: str = ""
+
+
+class NodeProbe(Protocol):
+    def observe_nodes(self) -> NodeView: ...
+
+
+class ServerWatch(Protocol):
+    def dead_servers(self) -> list[tuple[str, str]]:
+        """(server name, reason) of the cluster's servers that stopped."""
+
+
+class NoServerWatch:
+    def dead_servers(self) -> list[tuple[str, str]]:
+        return []
+
+
+class NovaServerWatch:
+    """One `GET /servers/detail` filtered by name prefix; ERROR or SHUTOFF is dead."""
+
+    def __init__(self, conn: Any, cluster: str):
+        self.conn = conn
+        self.cluster = cluster
+
+    def dead_servers(self) -> list[tuple[str, str]]:
+        dead = []
+        for server in self.conn.compute.servers(details=True, name=f"^{self.cluster}-"):
+            if (server.metadata or {}).get("astrostack_cluster") != self.cluster:
+                continue
+            if server.status in ("ERROR", "SHUTOFF"):
+                fault = (server.fault or {}).get("message", "") if hasattr(server, "fault") else ""
+                dead.append((server.name, f"{server.status} {fault}".strip()))
+        return dead
+
+
+class SignalNodeProbe:
+    """Nodes counted from the hosts' signals (used until a cluster probe
+    can look at the containers): a signalled host brings its ranks."""
+
+    def __init__(self, heat: Heat, ref: StackRef, ranks_per_host: list[int]):
+        self.heat = heat
+        self.ref = ref
+        self.ranks = ranks_per_host
+
+    def observe_nodes(self) -> NodeView:
+        ok, _ = heat_stack.signal_counts(self.heat.handle_signals(self.ref))
+        return NodeView(ready=sum(self.ranks[:ok]), smoke_ok=ok >= len(self.ranks), requests=1)
+
+
+class DeploymentProbe:
+    """Implements :class:`astrostack.monitor.Probe` for one stack."""
+
+    def __init__(self, heat: Heat, ref: StackRef, *, servers: ServerWatch | None = None,
+                 nodes: NodeProbe | None = None):
+        self.heat = heat
+        self.ref = ref
+        self.servers = servers or NoServerWatch()
+        self.nodes = nodes
+        self.last_event: Optional[str] = None
+
+    def observe(self, phase: str) -> Observation:
+        before = self.heat.requests
+        status, reason = self.heat.status(self.ref)
+        resources = self.heat.resources(self.ref)
+        signals = self.heat.handle_signals(self.ref)
+        done, total = heat_stack.count_resources(resources)
+        signalled, host_failures = heat_stack.signal_counts(signals)
+        node_view = self._nodes(phase)
+        return Observation(
+            stack_status=status,
+            stack_reason=reason,
+            resources_done=done,
+            resources_total=total,
+            hosts_signalled=signalled,
+            host_failures=host_failures,
+            failed_resources=heat_stack.failed_resources(resources),
+            servers_in_error=self.servers.dead_servers(),
+            nodes_ready=node_view.ready if node_view else 0,
+            nodes_failure=node_view.failure if node_view else None,
+            smoke_ok=node_view.smoke_ok if node_view else None,
+            last_event=self._last_event(resources, node_view),
+            requests=self.heat.requests - before + (node_view.requests if node_view else 0),
+        )
+
+    def _nodes(self, phase: str) -> Optional[NodeView]:
+        if phase != NODES or self.nodes is None:
+            return None
+        return self.nodes.observe_nodes()
+
+    def _last_event(self, resources: list[dict[str, Any]], node_view: Optional[NodeView]) -> Optional[str]:
+        if node_view and node_view.detail:
+            return node_view.detail
+        latest = max(resources, key=lambda r: r.get("updated_time") or "", default=None)
+        if latest:
+            return f"{latest.get('resource_name')} {latest.get('resource_status')}"
+        return None

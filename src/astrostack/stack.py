@@ -1,0 +1,227 @@
+"""The Heat side of a cluster: create, look at, update and delete its stack.
+
+Everything goes through the openstacksdk orchestration proxy of a
+:func:`astrostack.cloud.connect` connection; transient API errors (5xx, 429,
+connection reset) are retried with jitter by :mod:`astrostack.retry`. The
+monitor's probe makes a fixed number of requests per poll, whatever the
+number of hosts: the stack, its resources (nested included, one list), and
+the hosts' wait-condition handle.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from openstack import exceptions as os_exc
+
+from astrostack.errors import CloudError, NotFound, WaitTimeout
+from astrostack.render import Rendered
+from astrostack.retry import call_with_retry
+
+WAIT_CONDITIONS = ("hosts_wait", "nfs_wait")
+HOSTS_HANDLE = "hosts_handle"
+NFS_HANDLE = "nfs_handle"
+# Secrets that must never be written into evidence.
+SECRET_KEYS = ("token", "private_key", "secret", "password")
+
+
+@dataclass(frozen=True)
+class StackRef:
+    name: str
+    id: str
+
+    @property
+    def path(self) -> str:
+        return f"/stacks/{self.name}/{self.id}"
+
+
+class Heat:
+    """A thin, retrying client of one cloud's orchestration API."""
+
+    def __init__(self, conn: Any, *, sleep: Callable[[float], None] = time.sleep):
+        self.conn = conn
+        self.api = conn.orchestration
+        self.sleep = sleep
+        self.requests = 0
+
+    # raw JSON calls -------------------------------------------------------
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        def once() -> Any:
+            self.requests += 1
+            response = getattr(self.api, method)(path, **kwargs)
+            os_exc.raise_from_response(response)
+            return response
+
+        try:
+            return call_with_retry(once, sleep=self.sleep)
+        except os_exc.NotFoundException:
+            raise NotFound(f"{method.upper()} {path}: not found") from None
+        except os_exc.HttpException as exc:
+            raise CloudError(f"Heat {method.upper()} {path}: {_one_line(exc)}") from None
+
+    def get_json(self, path: str, **params: Any) -> dict[str, Any]:
+        response = self._call("get", path, params=params or None)
+        return response.json() if response.content else {}
+
+    # stacks ---------------------------------------------------------------
+
+    def find(self, name: str) -> Optional[StackRef]:
+        """The live stack called NAME (a deleted one counts as gone)."""
+        try:
+            body = self.get_json(f"/stacks/{name}")
+        except NotFound:
+            return None
+        stack = body.get("stack", body)
+        if stack.get("stack_status") == "DELETE_COMPLETE":
+            return None
+        return StackRef(stack["stack_name"], stack["id"])
+
+    def show(self, ref: StackRef) -> dict[str, Any]:
+        return self.get_json(ref.path)["stack"]
+
+    def status(self, ref: StackRef) -> tuple[str, str]:
+        stack = self.show(ref)
+        return stack["stack_status"], stack.get("stack_status_reason") or ""
+
+    def create(self, name: str, rendered: Rendered, *, tags: list[str], timeout_mins: int) -> StackRef:
+        """POST the stack. Heat's own rollback is off: astrostack collects the
+        evidence first and then deletes (see lifecycle)."""
+        body = stack_body(self.api, rendered)
+        body.update(
+            stack_name=name,
+            tags=",".join(tags),
+            timeout_mins=timeout_mins,
+            disable_rollback=True,
+        )
+        created = self._call("post", "/stacks", json=body).json()["stack"]
+        return StackRef(name, created["id"])
+
+    def update_parameters(self, ref: StackRef, parameters: dict[str, Any], *, timeout_mins: int) -> None:
+        """PATCH update (existing template and files, new parameter values),
+        rolled back by Heat if it fails."""
+        body = {
+            "parameters": parameters,
+            "timeout_mins": timeout_mins,
+            "disable_rollback": False,
+        }
+        self._call("patch", ref.path, json=body)
+
+    def cancel_update(self, ref: StackRef) -> None:
+        self._call("post", f"{ref.path}/actions", json={"cancel_update": None})
+
+    def delete(self, ref: StackRef) -> None:
+        try:
+            self._call("delete", ref.path)
+        except NotFound:
+            return
+
+    def outputs(self, ref: StackRef) -> dict[str, Any]:
+        stack = self.show(ref)
+        return {o["output_key"]: o.get("output_value") for o in stack.get("outputs", [])}
+
+    def parameters(self, ref: StackRef) -> dict[str, Any]:
+        return dict(self.show(ref).get("parameters", {}))
+
+    # resources, signals, events --------------------------------------------
+
+    def resources(self, ref: StackRef, nested_depth: int = 2) -> list[dict[str, Any]]:
+        return self.get_json(f"{ref.path}/resources", nested_depth=nested_depth).get("resources", [])
+
+    def handle_signals(self, ref: StackRef, handle: str = HOSTS_HANDLE) -> dict[str, dict[str, Any]]:
+        """Signals a WaitConditionHandle received: {host id: {status, reason, data}}."""
+        try:
+            return self.get_json(f"{ref.path}/resources/{handle}/metadata").get("metadata", {}) or {}
+        except NotFound:
+            return {}
+
+    def events(self, ref: StackRef, limit: int = 200) -> list[dict[str, Any]]:
+        return self.get_json(f"{ref.path}/events", limit=limit, sort_dir="desc", nested_depth=2).get("events", [])
+
+    def list_stacks(self, tags: Optional[str] = None) -> list[dict[str, Any]]:
+        params = {"tags": tags} if tags else {}
+        return self.get_json("/stacks", **params).get("stacks", [])
+
+    # waiting --------------------------------------------------------------
+
+    def wait_for_deletion(self, ref: StackRef, deadline_s: float, *,
+                          clock: Callable[[], float] = time.monotonic, poll_s: float = 2.0) -> str:
+        """Wait until the stack is gone; returns the last status (or 'GONE')."""
+        deadline = clock() + deadline_s
+        status = "DELETE_IN_PROGRESS"
+        while clock() < deadline:
+            found = self.find(ref.name)
+            if found is None or found.id != ref.id:
+                return "GONE"
+            status, reason = self.status(ref)
+            if status == "DELETE_FAILED":
+                return status
+            self.sleep(min(poll_s, max(0.0, deadline - clock())))
+        raise WaitTimeout(f"stack {ref.name} not deleted within {deadline_s:.0f} s (last status {status})")
+
+
+def stack_body(api: Any, rendered: Rendered) -> dict[str, Any]:
+    """template + files + environment, resolved by python-heatclient's own
+    template_utils (through openstacksdk), as `openstack stack create` does."""
+    attrs = api.read_env_and_templates(
+        template_file=str(rendered.template),
+        environment_files=[str(rendered.environment)],
+    )
+    return {key: attrs[key] for key in ("template", "files", "environment") if key in attrs}
+
+
+def count_resources(resources: list[dict[str, Any]]) -> tuple[int, int]:
+    """(done, total) over the resources whose completion does not wait on hosts."""
+    relevant = [r for r in resources if r.get("resource_name") not in WAIT_CONDITIONS]
+    done = sum(1 for r in relevant if str(r.get("resource_status", "")).endswith("_COMPLETE"))
+    return done, len(relevant)
+
+
+def failed_resources(resources: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [
+        (r.get("resource_name", "?"), r.get("resource_status_reason") or r.get("resource_status", ""))
+        for r in resources
+        if str(r.get("resource_status", "")).endswith("_FAILED")
+    ]
+
+
+def signal_counts(signals: dict[str, dict[str, Any]]) -> tuple[int, list[tuple[str, str]]]:
+    """(SUCCESS count, [(host, reason)] of FAILURE signals)."""
+    ok = sum(1 for s in signals.values() if s.get("status") == "SUCCESS")
+    failed = [(host, s.get("reason", "")) for host, s in signals.items() if s.get("status") == "FAILURE"]
+    return ok, failed
+
+
+def decoded_signal_data(signals: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Each host's signal data as JSON where it is JSON."""
+    out = {}
+    for host, signal in signals.items():
+        data = signal.get("data")
+        try:
+            out[host] = json.loads(data) if isinstance(data, str) else data
+        except ValueError:
+            out[host] = data
+    return out
+
+
+def scrub(value: Any) -> Any:
+    """Drop secret-looking keys from evidence before it is written."""
+    if isinstance(value, dict):
+        return {k: ("<hidden>" if any(s in k.lower() for s in SECRET_KEYS) else scrub(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrub(v) for v in value]
+    return value
+
+
+def write_json(path: Path, data: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(scrub(data), indent=2, default=str) + "\n")
+    return path
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
