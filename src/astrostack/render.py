@@ -204,6 +204,13 @@ def local_resource_registry() -> dict[str, str]:
 def render(spec: ClusterSpec, out_dir: str | Path, ssh_public_key: str = "") -> Rendered:
     """Write everything `openstack stack create -t -e` needs into OUT_DIR."""
     out = Path(out_dir)
+    try:
+        return _write_render(spec, out, ssh_public_key)
+    except OSError as exc:
+        raise InvalidInput(f"{out}: cannot write the render there ({exc.strerror or exc})") from None
+
+
+def _write_render(spec: ClusterSpec, out: Path, ssh_public_key: str) -> Rendered:
     if out.exists() and not out.is_dir():
         raise InvalidInput(f"{out}: exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)

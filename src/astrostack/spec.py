@@ -31,7 +31,7 @@ HEAT_WAIT_CONDITION_MAX_S = 43200
 HEAT_MIN_TIMEOUT_S = 60
 # Resources outside the worker ResourceGroup, and per worker (port + server
 # + the nested stack itself).
-FIXED_HEAT_RESOURCES = 22
+FIXED_HEAT_RESOURCES = 21
 HEAT_RESOURCES_PER_WORKER = 3
 # Addresses an overlay network uses besides the containers: network address,
 # broadcast, gateway, and one load-balancer endpoint per Swarm node.
@@ -55,21 +55,22 @@ class _Section(BaseModel):
 class ServerRole(_Section):
     """Flavor and (optional) image of one VM role."""
 
-    flavor: str = Field(description="Nova flavor name or id.")
+    flavor: str = Field(min_length=1, description="Nova flavor name or id.")
     image: Optional[str] = Field(
-        default=None, description="Glance image for this role; default: servers.image."
+        default=None, min_length=1, description="Glance image for this role; default: servers.image."
     )
 
 
 class Servers(_Section):
     image: str = Field(
         default="debian-12",
+        min_length=1,
         description="Glance image for every VM (Debian 12 or Ubuntu 22.04+ with cloud-init).",
     )
     manager: ServerRole = ServerRole(flavor="m1.large")
     worker: ServerRole = ServerRole(flavor="m1.large")
     nfs: ServerRole = ServerRole(flavor="m1.small")
-    user: str = Field(default="debian", description="Login user of the image.")
+    user: str = Field(default="debian", min_length=1, description="Login user of the image.")
     install_packages: Optional[bool] = Field(
         default=None,
         description="apt-get update + install docker.io/nfs-common at boot; "
@@ -98,7 +99,7 @@ class Ssh(_Section):
 
 
 class Network(_Section):
-    external: str = Field(default="public", description="External (provider) network for the router and floating IP.")
+    external: str = Field(default="public", min_length=1, description="External (provider) network for the router and floating IP.")
     cidr: str = Field(default="10.10.0.0/24", description="Private subnet of the cluster's VMs.")
     dns_nameservers: list[str] = Field(default_factory=lambda: ["8.8.8.8"])
 
@@ -129,7 +130,7 @@ class Nfs(_Section):
     @field_validator("export_path", "mount_point")
     @classmethod
     def _abs(cls, value: str) -> str:
-        if not re.fullmatch(r"/[A-Za-z0-9_./-]*", value) or ".." in value or value == "/":
+        if not re.fullmatch(r"/[A-Za-z0-9_./-]*", value) or ".." in value or not value.strip("/"):
             raise ValueError(f"{value!r} must be an absolute path below / made of [A-Za-z0-9_./-]")
         return value.rstrip("/")
 
@@ -162,8 +163,9 @@ class Registry(_Section):
     @field_validator("url")
     @classmethod
     def _url(cls, value: Optional[str]) -> Optional[str]:
-        if value is not None and not re.fullmatch(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?", value):
-            raise ValueError(f"{value!r} must be host[:port], without scheme or path")
+        match = re.fullmatch(r"[A-Za-z0-9.-]+(?::([0-9]{1,5}))?", value or "")
+        if value is not None and (not match or not 1 <= int(match.group(1) or 80) <= 65535):
+            raise ValueError(f"{value!r} must be host[:port] (port 1-65535), without scheme or path")
         return value
 
 
@@ -221,8 +223,8 @@ class ClusterSpec(_Section):
     name: str = Field(description="Cluster name: DNS-safe, 1-32 chars, lower case.")
     cloud: str = Field(default="local", description="clouds.yaml cloud name, or `local`.")
     mode: Mode = Field(default=Mode.swarm, description="`swarm` (Docker Swarm services) or `mpi` (plain MPI hosts).")
-    hosts: int = Field(default=3, ge=1, le=1000, description="VMs that run containers, manager included.")
-    nodes: int = Field(default=12, ge=1, le=100000, description="MPI ranks (containers in swarm mode), master included.")
+    hosts: int = Field(default=3, ge=1, le=1000, strict=True, description="VMs that run containers, manager included.")
+    nodes: int = Field(default=12, ge=1, le=100000, strict=True, description="MPI ranks (containers in swarm mode), master included.")
     servers: Servers = Servers()
     ssh: Ssh = Ssh()
     network: Network = Network()
@@ -260,6 +262,7 @@ class ClusterSpec(_Section):
         if self.nodes < self.hosts:
             raise ValueError(f"nodes: {self.nodes} is fewer than hosts ({self.hosts}): every host runs at least one rank")
         _check_overlay_capacity(self)
+        _check_overlay_apart_from_network(self)
         _check_network_capacity(self)
         _check_heat_resources(self)
         if self.cloud != "local" and self.ssh.allowed_cidr is None:
@@ -339,6 +342,16 @@ def _check_overlay_capacity(spec: ClusterSpec) -> None:
         )
 
 
+def _check_overlay_apart_from_network(spec: ClusterSpec) -> None:
+    overlay = ipaddress.IPv4Network(spec.overlay.subnet)
+    private = ipaddress.IPv4Network(spec.network.cidr)
+    if overlay.overlaps(private):
+        raise ValueError(
+            f"overlay.subnet: {spec.overlay.subnet} overlaps network.cidr {spec.network.cidr}; "
+            "containers could not reach the hosts: pick disjoint ranges"
+        )
+
+
 def _check_network_capacity(spec: ClusterSpec) -> None:
     net = ipaddress.IPv4Network(spec.network.cidr)
     # network, gateway, DHCP, broadcast, the NFS server
@@ -378,7 +391,8 @@ def parse_spec(text: str, source: str = "<spec>") -> ClusterSpec:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise SpecError(f"{source}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        problem = str(getattr(exc, "problem", None) or exc).splitlines()[0]
+        raise SpecError(f"{source}:{where} is not valid YAML ({problem})") from None
     if not isinstance(data, dict):
         raise SpecError(f"{source}: a spec is a YAML mapping with at least `name:`")
     return spec_from_dict(data, source)

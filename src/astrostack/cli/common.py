@@ -10,8 +10,8 @@ from rich.console import Console
 
 from astrostack.spec import ClusterSpec, load_spec
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def print_json(data: Any) -> None:

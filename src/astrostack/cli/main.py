@@ -12,6 +12,8 @@ try:  # typer >= 0.26 vendors click; older releases depend on it
 except ImportError:  # pragma: no cover
     from click import exceptions as click_errors
 
+from rich.markup import escape
+
 from astrostack import __version__
 from astrostack.cli import cluster_cmds, local_cmds, spec_cmds
 from astrostack.cli.common import err_console
@@ -48,22 +50,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = app(args=argv, standalone_mode=False, prog_name="astrostack")
     except AstrostackError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return _exit(exc.exit_code)
     except click_errors.NoArgsIsHelpError as exc:
         exc.show()
         return _exit(EXIT_INVALID_INPUT)
     except click_errors.UsageError as exc:
         command = exc.ctx.command_path if exc.ctx else "astrostack"
-        err_console.print(f"[red]error:[/red] {exc.format_message()} (see `{command} --help`)", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/red] {escape(exc.format_message())} (see `{command} --help`)", highlight=False, soft_wrap=True)
         return _exit(EXIT_INVALID_INPUT)
     except click_errors.ClickException as exc:
-        err_console.print(f"[red]error:[/red] {exc.format_message()}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/red] {escape(exc.format_message())}", highlight=False, soft_wrap=True)
         return _exit(exc.exit_code or EXIT_FAILURE)
-    except (click_errors.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         err_console.print("interrupted")
         return _exit(EXIT_INTERRUPTED)
-    except click_errors.Exit as exc:
+    except typer.Exit as exc:
         return _exit(exc.exit_code)
     return _exit(result if isinstance(result, int) else 0)
 

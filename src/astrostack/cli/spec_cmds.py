@@ -27,7 +27,10 @@ def spec_init(
     """Write an annotated starting spec."""
     if path.exists() and not force:
         raise InvalidInput(f"{path} exists (use --force to overwrite)")
-    path.write_text(starter_spec(name=name, cloud=cloud, filename=str(path)))
+    try:
+        path.write_text(starter_spec(name=name, cloud=cloud, filename=str(path)))
+    except OSError as exc:
+        raise InvalidInput(f"{path}: cannot write ({exc.strerror or exc})") from None
     console.print(f"wrote {path}; next: astrostack validate {path}")
 
 
