@@ -1,0 +1,77 @@
+"""Readiness of the nodes, fed to the monitor: hosts are Swarm nodes
+Ready/Active, nodes are running tasks, and an `mpirun -np <nodes>` smoke
+test across all of them must succeed before the cluster is "ready"."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+from astrostack import cloud
+from astrostack.cluster import swarm
+from astrostack.cluster.access import ClusterAccessError, LocalAccess, ManagerAccess
+from astrostack.probe import NodeView
+from astrostack.spec import ClusterSpec, Mode
+
+SMOKE_PROGRAM = ["/usr/local/bin/mpi_smoke"]
+SMOKE_TIMEOUT_S = 180
+
+
+def access_for(spec: ClusterSpec) -> Optional[ManagerAccess]:
+    if cloud.is_local(spec.cloud):
+        return LocalAccess(spec.name)
+    return None
+
+
+def probe_for(spec: ClusterSpec, heat: Any, ref: Any) -> Optional[SwarmNodeProbe]:
+    access = access_for(spec)
+    if access is None or spec.mode is not Mode.swarm:
+        return None
+    return SwarmNodeProbe(spec, access)
+
+
+class SwarmNodeProbe:
+    """One round trip to the manager per poll; the smoke test once all run."""
+
+    def __init__(self, spec: ClusterSpec, access: ManagerAccess, smoke_program: list[str] = SMOKE_PROGRAM):
+        self.spec = spec
+        self.access = access
+        self.smoke_program = smoke_program
+        self.smoke_result: Optional[dict[str, Any]] = None
+
+    def observe_nodes(self) -> NodeView:
+        try:
+            view = swarm.observe(self.spec, self.access)
+        except ClusterAccessError as exc:
+            return NodeView(ready=0, requests=1, detail=f"manager not reachable yet: {exc}")
+        fatal = view.fatal_error
+        if fatal:
+            return NodeView(ready=view.tasks_running, failure=fatal, requests=1)
+        detail = f"swarm: {view.nodes_ready}/{self.spec.hosts} hosts, {view.tasks_running}/{self.spec.nodes} tasks running"
+        if view.tasks_running < self.spec.nodes or view.nodes_ready < self.spec.hosts:
+            return NodeView(ready=view.tasks_running, smoke_ok=None, requests=1, detail=detail)
+        smoke_ok, smoke_detail = self._smoke()
+        return NodeView(ready=view.tasks_running, smoke_ok=smoke_ok, requests=3, detail=smoke_detail)
+
+    def _smoke(self) -> tuple[bool, str]:
+        lines = swarm.write_hostfile(self.spec, self.access)
+        if len(lines) != self.spec.nodes:
+            return False, f"hostfile has {len(lines)} of {self.spec.nodes} nodes (overlay endpoints still settling)"
+        argv = swarm.mpirun_argv(self.spec, self.smoke_program)
+        result = swarm.run_in_master(self.spec, self.access, argv, timeout=SMOKE_TIMEOUT_S)
+        summary = _last_json_line(result.output)
+        if result.ok and summary and summary.get("size") == self.spec.nodes:
+            self.smoke_result = summary
+            return True, f"mpirun -np {self.spec.nodes} smoke test ok across {len(set(summary.get('hosts', [])))} containers"
+        return False, f"mpirun smoke test not yet ok (exit {result.exit_code}): {result.output.strip()[-200:]}"
+
+
+def _last_json_line(output: str) -> Optional[dict[str, Any]]:
+    for line in reversed(output.splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                return None
+    return None

@@ -1,0 +1,131 @@
+"""Swarm mode: what the manager knows about nodes and tasks, the MPI
+hostfile built from the Swarm's own task list (not from DNS guesses), and
+running a command in the master container."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass, field
+from typing import Any
+
+from astrostack.cluster.access import ManagerAccess, Result
+from astrostack.spec import ClusterSpec
+
+# Task errors that will not heal by waiting: fail at once with the error.
+FATAL_TASK_ERRORS = ("No such image", "manifest unknown", "pull access denied", "repository does not exist",
+                     "invalid reference format", "no suitable node")
+HOSTFILE = ".astrostack/hostfile"
+
+
+@dataclass
+class SwarmView:
+    nodes_ready: int = 0
+    tasks_running: int = 0
+    task_errors: list[str] = field(default_factory=list)
+    services_state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def fatal_error(self) -> str | None:
+        for error in self.task_errors:
+            if any(marker in error for marker in FATAL_TASK_ERRORS):
+                return error
+        if self.services_state.get("state") == "failed":
+            return f"starting the containers failed on the manager: {self.services_state.get('reason')}"
+        return None
+
+
+def service_names(spec: ClusterSpec) -> tuple[str, str]:
+    return f"{spec.name}-master", f"{spec.name}-worker"
+
+
+def view_script(spec: ClusterSpec) -> str:
+    master, worker = service_names(spec)
+    status_file = f"{spec.nfs.mount_point}/.astrostack/nodes-manager.json"
+    return f"""
+docker node ls --format '{{{{json .}}}}' 2>/dev/null | sed 's/^/N /'
+docker service ps --no-trunc --filter desired-state=running --format '{{{{json .}}}}' {master} {worker} 2>/dev/null | sed 's/^/T /'
+docker service ps --no-trunc --format '{{{{json .}}}}' {master} {worker} 2>/dev/null | grep -E '"(Rejected|Failed)' | sed 's/^/E /' | tail -n 5
+[ -f {status_file} ] && echo "S $(cat {status_file})"
+true
+"""
+
+
+def parse_view(output: str) -> SwarmView:
+    view = SwarmView()
+    for line in output.splitlines():
+        kind, _, payload = line.partition(" ")
+        try:
+            data = json.loads(payload) if payload.startswith("{") else None
+        except ValueError:
+            continue
+        if data is None:
+            continue
+        if kind == "N" and data.get("Status") == "Ready" and data.get("Availability") == "Active":
+            view.nodes_ready += 1
+        elif kind == "T" and str(data.get("CurrentState", "")).startswith("Running"):
+            view.tasks_running += 1
+        elif kind in ("T", "E") and data.get("Error"):
+            view.task_errors.append(f"{data.get('Name')}: {data['Error']}")
+        elif kind == "S":
+            view.services_state = data
+    return view
+
+
+def observe(spec: ClusterSpec, access: ManagerAccess) -> SwarmView:
+    return parse_view(access.run(view_script(spec), timeout=60).output)
+
+
+def task_addresses_script(spec: ClusterSpec) -> str:
+    return f"docker network inspect --verbose {shlex.quote(spec.overlay.name)} --format '{{{{json .Services}}}}'"
+
+
+def hostfile_lines(spec: ClusterSpec, services: dict[str, Any]) -> list[str]:
+    """Master first, then the workers by slot: exactly `nodes` lines."""
+    master, worker = service_names(spec)
+
+    def addresses(service: str) -> list[str]:
+        tasks = (services.get(service) or {}).get("Tasks") or []
+        by_slot = sorted(tasks, key=lambda t: _slot(t.get("Name", "")))
+        return [t["EndpointIP"] for t in by_slot if t.get("EndpointIP")]
+
+    slots = spec.application.slots_per_node
+    return [f"{ip} slots={slots}" for ip in addresses(master) + addresses(worker)]
+
+
+def _slot(task_name: str) -> int:
+    parts = task_name.split(".")
+    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+
+
+def write_hostfile(spec: ClusterSpec, access: ManagerAccess) -> list[str]:
+    services = json.loads(access.run(task_addresses_script(spec), timeout=60).output.strip() or "{}") or {}
+    lines = hostfile_lines(spec, services)
+    target = f"{spec.nfs.mount_point}/{HOSTFILE}"
+    access.run(f"cat > {shlex.quote(target)}.tmp && mv {shlex.quote(target)}.tmp {shlex.quote(target)}",
+               stdin="\n".join(lines) + "\n")
+    return lines
+
+
+def master_exec_script(spec: ClusterSpec, command: list[str]) -> str:
+    master, _ = service_names(spec)
+    inner = " ".join(shlex.quote(part) for part in command)
+    return (
+        f"c=$(docker ps -q --filter label=com.docker.swarm.service.name={master} | head -n1); "
+        f'[ -n "$c" ] || {{ echo "no running master container of {spec.name}" >&2; exit 125; }}; '
+        f'exec docker exec -i "$c" bash -lc {shlex.quote(inner)}'
+    )
+
+
+def mpirun_argv(spec: ClusterSpec, program: list[str], np: int | None = None) -> list[str]:
+    """mpirun across every node, on the overlay only (see LOCAL-CLOUD-FACTS)."""
+    cidr = spec.overlay.subnet
+    return [
+        "mpirun", "--hostfile", f"/share/{HOSTFILE}", "-np", str(np or spec.nodes),
+        "--mca", "btl_tcp_if_include", cidr, "--mca", "oob_tcp_if_include", cidr,
+        *program,
+    ]
+
+
+def run_in_master(spec: ClusterSpec, access: ManagerAccess, command: list[str], timeout: float) -> Result:
+    return access.run(master_exec_script(spec, command), timeout=timeout)
