@@ -86,7 +86,7 @@ create_service() {
     --secret "source=$CLUSTER-ssh-pub,target=ssh_pub,mode=0444" \
     --mount "type=bind,source=$MOUNT_POINT,target=/share" \
     --env "ASTRO_ROLE=$role" --env "ASTRO_CLUSTER=$CLUSTER" --env "ASTRO_SLOTS=$SLOTS" \
-    --env "ASTRO_OVERLAY_CIDR=$OVERLAY_SUBNET" \
+    --env "ASTRO_OVERLAY_CIDR=$OVERLAY_SUBNET" --env ASTRO_MPI_PORTS=any \
     --restart-condition on-failure --restart-max-attempts 3 \
     "$@" "$(image_ref)" >/dev/null
 }

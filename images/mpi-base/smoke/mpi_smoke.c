@@ -1,0 +1,122 @@
+/*
+ * mpi_smoke: proves that an MPI job really spans the cluster.
+ *
+ * Every rank reports its host name to rank 0 (MPI_Gather), a token goes once
+ * around the ring of all ranks (point-to-point between every neighbour pair),
+ * and an Allreduce sums a 512 KiB vector (large enough for the rendezvous
+ * protocol, so the TCP and shared-memory transports both carry real data).
+ * Rank 0 prints one JSON line:
+ *
+ *   {"size": 4, "hosts": ["a", "a", "b", "b"], "ring_ok": true,
+ *    "allreduce_ok": true, "seconds": 0.012}
+ *
+ * "hosts" is indexed by rank. Every rank exits 1 if any check failed.
+ */
+#include <mpi.h>
+#include <stdio.h>
+#include <string.h>
+
+#define VECTOR_LEN (64 * 1024) /* doubles: 512 KiB */
+
+static double vector[VECTOR_LEN];
+static double summed[VECTOR_LEN];
+
+/* Print s as a JSON string (host names are plain, but be correct anyway). */
+static void print_json_string(const char *s)
+{
+    putchar('"');
+    for (; *s; s++) {
+        if (*s == '"' || *s == '\\')
+            printf("\\%c", *s);
+        else if ((unsigned char)*s < 0x20)
+            printf("\\u%04x", (unsigned char)*s);
+        else
+            putchar(*s);
+    }
+    putchar('"');
+}
+
+/*
+ * Rank 0 sends 0 to rank 1; every rank checks that it received the sum of
+ * the ranks before it, adds its own rank and passes it on; rank 0 finally
+ * receives 0 + 1 + ... + (size - 1). Returns 1 if this rank's check passed.
+ */
+static int ring_pass(int rank, int size)
+{
+    const int tag = 7;
+    long token = 0;
+
+    if (size == 1)
+        return 1;
+    if (rank == 0) {
+        MPI_Send(&token, 1, MPI_LONG, 1, tag, MPI_COMM_WORLD);
+        MPI_Recv(&token, 1, MPI_LONG, size - 1, tag, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+        return token == (long)size * (size - 1) / 2;
+    }
+    MPI_Recv(&token, 1, MPI_LONG, rank - 1, tag, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+    int ok = token == (long)rank * (rank - 1) / 2;
+    token += rank;
+    MPI_Send(&token, 1, MPI_LONG, (rank + 1) % size, tag, MPI_COMM_WORLD);
+    return ok;
+}
+
+/* Element i of rank r is i + r, so the sum is i * size + size (size - 1) / 2,
+ * exact in double for these magnitudes. Returns 1 if every element matches. */
+static int allreduce_check(int rank, int size)
+{
+    for (int i = 0; i < VECTOR_LEN; i++)
+        vector[i] = (double)i + rank;
+    MPI_Allreduce(vector, summed, VECTOR_LEN, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+    for (int i = 0; i < VECTOR_LEN; i++) {
+        double expected = (double)i * size + (double)size * (size - 1) / 2;
+        if (summed[i] != expected)
+            return 0;
+    }
+    return 1;
+}
+
+/* 1 only if every rank passed. */
+static int all_ranks(int ok)
+{
+    int all = 0;
+    MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_LAND, MPI_COMM_WORLD);
+    return all;
+}
+
+int main(int argc, char **argv)
+{
+    int rank, size, name_len;
+    char name[MPI_MAX_PROCESSOR_NAME] = "";
+    static char names[4096][MPI_MAX_PROCESSOR_NAME];
+
+    MPI_Init(&argc, &argv);
+    double start = MPI_Wtime();
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    if (size > 4096) {
+        if (rank == 0)
+            fprintf(stderr, "mpi_smoke: at most 4096 ranks (got %d)\n", size);
+        MPI_Abort(MPI_COMM_WORLD, 2);
+    }
+    MPI_Get_processor_name(name, &name_len);
+
+    MPI_Gather(name, MPI_MAX_PROCESSOR_NAME, MPI_CHAR, names, MPI_MAX_PROCESSOR_NAME,
+               MPI_CHAR, 0, MPI_COMM_WORLD);
+    int ring_ok = all_ranks(ring_pass(rank, size));
+    int allreduce_ok = all_ranks(allreduce_check(rank, size));
+    double seconds = MPI_Wtime() - start;
+
+    if (rank == 0) {
+        printf("{\"size\": %d, \"hosts\": [", size);
+        for (int r = 0; r < size; r++) {
+            if (r > 0)
+                printf(", ");
+            print_json_string(names[r]);
+        }
+        printf("], \"ring_ok\": %s, \"allreduce_ok\": %s, \"seconds\": %.6f}\n",
+               ring_ok ? "true" : "false", allreduce_ok ? "true" : "false", seconds);
+        fflush(stdout);
+    }
+    MPI_Finalize();
+    return ring_ok && allreduce_ok ? 0 : 1;
+}
