@@ -52,15 +52,15 @@ def _run(argv: Sequence[str], timeout: float, stdin: str | None, what: str) -> R
 class LocalAccess:
     """The local cloud: `docker exec` into the manager's container-VM."""
 
-    def __init__(self, cluster: str):
+    def __init__(self, cluster: str, host: str = "manager"):
         self.cluster = cluster
-        self.container = f"{cluster}-manager"
+        self.container = f"{cluster}-{host}"
 
     def run(self, script: str, *, timeout: float = DEFAULT_TIMEOUT_S, stdin: str | None = None) -> Result:
         argv = ["docker", "exec", "-i", self.container, "bash", "-c", script]
         result = _run(argv, timeout, stdin, f"manager of {self.cluster}")
         if result.exit_code in (125, 126) and "No such container" in result.output:
-            raise ClusterAccessError(f"cluster {self.cluster}: its manager VM {self.container} does not exist")
+            raise ClusterAccessError(f"cluster {self.cluster}: its VM {self.container} does not exist")
         return result
 
     def interactive_argv(self, host: str | None = None) -> list[str]:

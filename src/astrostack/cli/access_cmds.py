@@ -1,0 +1,88 @@
+"""`astrostack exec`, `ssh` and `logs`: reach a running cluster."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from typing import Optional
+
+import typer
+
+from astrostack import state
+from astrostack.cli.common import console
+from astrostack.cluster import swarm
+from astrostack.cluster.access import LocalAccess, ManagerAccess, SshAccess
+from astrostack.errors import InvalidInput, JobFailed
+from astrostack.spec import ClusterSpec, spec_from_dict
+
+
+def register(root: typer.Typer) -> None:
+    root.command("exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(exec_cmd)
+    root.command("ssh")(ssh)
+    root.command("logs")(logs)
+
+
+def cluster_access(name: str) -> tuple[ClusterSpec, ManagerAccess]:
+    """The spec of a known cluster and a way onto its manager."""
+    record = state.load(name)
+    spec = spec_from_dict(record.spec)
+    if spec.cloud == "local":
+        return spec, LocalAccess(name)
+    from astrostack import cloud
+    from astrostack.stack import Heat
+
+    heat = Heat(cloud.connect(spec.cloud))
+    ref = heat.find(name)
+    if ref is None:
+        raise InvalidInput(f"cluster {name} has no stack (status {record.status})")
+    address = heat.outputs(ref).get("manager_floating_ip")
+    return spec, SshAccess(name, address, spec.servers.user, record.ssh_private_key_path)
+
+
+def exec_cmd(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Cluster name."),
+    timeout: float = typer.Option(3600, help="Seconds before the command is stopped."),
+    mpi: bool = typer.Option(False, "--mpi", help="Run the command under mpirun across every node."),
+) -> None:
+    """Run a command in the master container: astrostack exec NAME [--mpi] -- CMD ARGS..."""
+    command = list(ctx.args)
+    if not command:
+        raise InvalidInput("no command given: astrostack exec NAME -- CMD ARGS...")
+    spec, access = cluster_access(name)
+    if mpi:
+        command = swarm.mpirun_argv(spec, command)
+    result = swarm.run_in_master(spec, access, command, timeout=timeout)
+    console.out(result.output, end="", highlight=False)
+    if not result.ok:
+        raise JobFailed(f"command exited {result.exit_code} on {name}", job_exit_code=result.exit_code)
+
+
+def ssh(
+    name: str = typer.Argument(..., help="Cluster name."),
+    host: Optional[str] = typer.Argument(None, help="manager (default), worker-N or nfs; on a real cloud, an address."),
+) -> None:
+    """An interactive shell on a host of the cluster."""
+    _, access = cluster_access(name)
+    argv = access.interactive_argv(host)
+    os.execvp(argv[0], argv)
+
+
+def logs(
+    name: str = typer.Argument(..., help="Cluster name."),
+    host: str = typer.Argument("manager", help="manager, worker-N or nfs."),
+    lines: int = typer.Option(200, help="Lines from the end of each log."),
+) -> None:
+    """cloud-init output, the host's astrostack logs and its containers' logs."""
+    spec, access = cluster_access(name)
+    script = (
+        f"for f in /var/log/cloud-init-output.log /var/log/astrostack-nodes.log /var/log/dockerd.log; do "
+        f'[ -f "$f" ] && {{ echo "== $f"; tail -n {lines} "$f"; }}; done; '
+        f"for c in $(docker ps -aq 2>/dev/null); do echo \"== container $(docker inspect -f '{{{{.Name}}}}' $c)\"; "
+        f"docker logs --tail {lines} $c 2>&1; done; true"
+    )
+    if host != "manager" and isinstance(access, LocalAccess):
+        access = LocalAccess(name, host)
+    elif host != "manager":
+        script = f"ssh -o StrictHostKeyChecking=no {shlex.quote(host)} {shlex.quote(script)}"
+    console.out(access.run(script, timeout=120).output, end="", highlight=False)
