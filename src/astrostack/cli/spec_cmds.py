@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import typer
+import yaml
 
 from astrostack import keys
 from astrostack.cli.common import console, print_json, spec_from_path
@@ -38,6 +39,24 @@ def spec_init(
 def spec_schema() -> None:
     """Print the spec's JSON Schema."""
     print(json.dumps(json_schema(), indent=2))
+
+
+@app.command("show")
+def spec_show(
+    spec: str = typer.Argument(..., help="Cluster spec (YAML)."),
+    field: str = typer.Option("", help="Print one field (dotted path, e.g. name or overlay.subnet)."),
+) -> None:
+    """Print the spec with every default filled in (or one field of it)."""
+    data = spec_from_path(spec).model_dump(mode="json")
+    if not field:
+        print(yaml.safe_dump(data, sort_keys=False), end="")
+        return
+    value = data
+    for part in field.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise InvalidInput(f"--field: the spec has no field {field!r}")
+        value = value[part]
+    print(value if not isinstance(value, (dict, list)) else json.dumps(value))
 
 
 def register(root: typer.Typer) -> None:
