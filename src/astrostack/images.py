@@ -1,0 +1,168 @@
+"""Container images of the local cloud, built with the Docker SDK.
+
+No registry is reachable from the test machines, so the base image is made
+from Debian's mirror with ``debootstrap`` and imported; every other image is
+``images/<name>/Dockerfile`` built FROM it with the classic builder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Callable, Optional
+
+import docker
+import docker.errors
+
+from astrostack import paths
+from astrostack.errors import LocalCloudError
+
+BASE_IMAGE = "astrostack/debian:bookworm"
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+SUITE = "bookworm"
+DEBOOTSTRAP_TIMEOUT_S = 900
+
+Progress = Optional[Callable[[str], None]]
+
+
+def _client() -> docker.DockerClient:
+    """A Docker SDK client, or a LocalCloudError if no engine answers."""
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as exc:
+        raise LocalCloudError(f"no Docker engine answers: {exc}",
+                              hint="run `astrostack local up` or start dockerd") from exc
+    return client
+
+
+def image_exists(tag: str) -> bool:
+    """True if the local engine holds an image with that tag."""
+    try:
+        _client().images.get(tag)
+    except docker.errors.ImageNotFound:
+        return False
+    return True
+
+
+def image_digest(tag: str) -> str:
+    """The image id (``sha256:...``) of a local image; no registry digest exists here."""
+    try:
+        return _client().images.get(tag).id
+    except docker.errors.ImageNotFound as exc:
+        raise LocalCloudError(f"image {tag} does not exist",
+                              hint=f"build it with astrostack.images.build({tag!r})") from exc
+
+
+def mirror() -> str:
+    """The Debian mirror for debootstrap (env ``ASTROSTACK_DEBIAN_MIRROR``)."""
+    return os.environ.get("ASTROSTACK_DEBIAN_MIRROR", DEFAULT_MIRROR)
+
+
+def ensure_base_image(progress: Progress = None, *, force: bool = False) -> str:
+    """Make ``astrostack/debian:bookworm`` unless it exists; return its id."""
+    if image_exists(BASE_IMAGE) and not force:
+        return image_digest(BASE_IMAGE)
+    if shutil.which("debootstrap") is None:
+        raise LocalCloudError("debootstrap is not installed", hint="apt-get install -y debootstrap")
+    with tempfile.TemporaryDirectory(prefix="debootstrap-", dir=paths.local_dir()) as work:
+        rootfs = Path(work) / "rootfs"
+        _debootstrap(rootfs, progress)
+        _import_rootfs(rootfs, BASE_IMAGE, progress)
+    return image_digest(BASE_IMAGE)
+
+
+def _debootstrap(rootfs: Path, progress: Progress) -> None:
+    """Run ``debootstrap --variant=minbase`` into ``rootfs``."""
+    command = ["debootstrap", "--variant=minbase", SUITE, str(rootfs), mirror()]
+    _say(progress, "$ " + " ".join(command))
+    try:
+        done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, timeout=DEBOOTSTRAP_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise LocalCloudError(f"debootstrap did not finish within {DEBOOTSTRAP_TIMEOUT_S} s",
+                              hint=f"check the mirror {mirror()}") from exc
+    for line in done.stdout.splitlines():
+        _say(progress, line)
+    if done.returncode != 0:
+        last = (done.stdout.strip().splitlines() or ["no output"])[-1]
+        raise LocalCloudError(f"debootstrap failed (exit {done.returncode}): {last}",
+                              hint="set ASTROSTACK_DEBIAN_MIRROR to a reachable mirror")
+
+
+def _import_rootfs(rootfs: Path, tag: str, progress: Progress) -> None:
+    """``tar -C rootfs -c . | docker import - tag`` through the SDK."""
+    _say(progress, f"importing {rootfs} as {tag}")
+    with tempfile.TemporaryFile(dir=rootfs.parent) as archive:
+        with tarfile.open(fileobj=archive, mode="w") as tar:
+            tar.add(str(rootfs), arcname=".")
+        archive.seek(0)
+        repository, _, image_tag = tag.partition(":")
+        _client().api.import_image_from_data(archive, repository=repository, tag=image_tag)
+    if not image_exists(tag):
+        raise LocalCloudError(f"docker import of {rootfs} did not create {tag}")
+
+
+def build(name: str, progress: Progress = None, *, context: Path | None = None,
+          buildargs: dict | None = None) -> str:
+    """Build ``images/<name>/Dockerfile`` as ``astrostack/<name>:latest``; return its id.
+
+    Every line of the build log goes to ``progress``. A failing step raises a
+    one-line :class:`LocalCloudError` naming the step and the error.
+    """
+    context = context or paths.images_dir() / name
+    if not (context / "Dockerfile").is_file():
+        raise LocalCloudError(f"no Dockerfile in {context}")
+    tag = f"astrostack/{name}:latest"
+    stream = _client().api.build(path=str(context), tag=tag, rm=True, forcerm=True,
+                                 decode=True, buildargs=buildargs or {})
+    _follow_build(stream, tag, progress)
+    return image_digest(tag)
+
+
+def _follow_build(stream: Iterable[dict], tag: str, progress: Progress) -> None:
+    """Relay a decoded build stream; raise on its first error with the failing step."""
+    step = "(before the first step)"
+    for chunk in stream:
+        line = chunk.get("stream", "").rstrip("\n")
+        if line.startswith("Step "):
+            step = line
+        if line:
+            _say(progress, line)
+        if "error" in chunk:
+            message = chunk["error"].strip().replace("\n", " ")
+            raise LocalCloudError(f"building {tag} failed at {step}: {message}")
+
+
+def _say(progress: Progress, line: str) -> None:
+    """Send one line to the progress callback when there is one."""
+    if progress is not None:
+        progress(line)
+
+
+
+def recipes() -> list[str]:
+    """Image recipes under images/ (folders with a Dockerfile)."""
+    return sorted(p.parent.name for p in paths.images_dir().glob("*/Dockerfile"))
+
+
+def push(name: str, registry: str) -> tuple[str, str]:
+    """Tag ``astrostack/NAME:latest`` (or a full reference) for REGISTRY and push it."""
+    source = name if "/" in name else f"astrostack/{name}:latest"
+    if not image_exists(source):
+        raise LocalCloudError(f"no local image {source}; build it first: astrostack image build {name}")
+    repository, _, tag = source.rpartition(":") if ":" in source.split("/")[-1] else (source, "", "latest")
+    target = f"{registry}/{repository}"
+    client = _client()
+    client.images.get(source).tag(target, tag=tag or "latest")
+    for chunk in client.api.push(target, tag=tag or "latest", stream=True, decode=True):
+        if "error" in chunk:
+            raise LocalCloudError(f"push of {target}:{tag} to {registry} failed: {chunk['error'].strip()}")
+    digest = client.images.get_registry_data(f"{target}:{tag or 'latest'}").id
+    return f"{target}:{tag or 'latest'}", digest
+
