@@ -50,8 +50,9 @@ export_share() {
 
 start_registry() {
   if [ -n "$REGISTRY" ]; then return 0; fi
-  mkdir -p "$EXPORT_PATH/.registry"
-  cat >/etc/docker-registry/config.yml <<CONF
+  mkdir -p "$EXPORT_PATH/.registry" /etc/docker/registry
+  # Debian's docker-registry reads this file; its default turns on htpasswd auth.
+  cat >/etc/docker/registry/config.yml <<CONF
 version: 0.1
 storage:
   filesystem:
@@ -64,7 +65,7 @@ CONF
   if [ -d /run/systemd/system ]; then
     systemctl restart docker-registry
   else
-    setsid docker-registry serve /etc/docker-registry/config.yml >/var/log/docker-registry.log 2>&1 </dev/null &
+    setsid docker-registry serve /etc/docker/registry/config.yml >/var/log/docker-registry.log 2>&1 </dev/null &
   fi
   retry 30 1 curl -fsS http://127.0.0.1:5000/v2/ >/dev/null || fail "registry did not answer on :5000"
   mark registry_ready

@@ -3,8 +3,8 @@
 :class:`DeploymentProbe` combines three views, each with a bounded number of
 requests whatever the number of hosts:
 
-* Heat: the stack, its resources (one nested list) and the hosts'
-  wait-condition handle (3 requests);
+* Heat: the stack, its resources (one nested list) and the hosts' and the
+  NFS server's wait-condition handles (4 requests);
 * servers: one listing of the cluster's servers, to see a VM that died
   after it booted (Nova on a real cloud, Docker labels on the local cloud);
 * nodes: a :class:`NodeProbe` (Swarm tasks / MPI containers + an mpirun
@@ -92,8 +92,12 @@ class DeploymentProbe:
         status, reason = self.heat.status(self.ref)
         resources = self.heat.resources(self.ref)
         signals = self.heat.handle_signals(self.ref)
+        # The NFS server's FAILURE is a host failure too; read it ourselves
+        # rather than rely on Heat failing nfs_wait (seen to complete anyway).
+        _, nfs_failures = heat_stack.signal_counts(self.heat.handle_signals(self.ref, heat_stack.NFS_HANDLE))
         done, total = heat_stack.count_resources(resources)
         signalled, host_failures = heat_stack.signal_counts(signals)
+        host_failures = host_failures + nfs_failures
         node_view = self._nodes(phase)
         return Observation(
             stack_status=status,

@@ -54,18 +54,28 @@ class LocalAccess:
 
     def __init__(self, cluster: str, host: str = "manager"):
         self.cluster = cluster
-        self.container = f"{cluster}-{host}"
+        self.host = host
+
+    def container(self, host: str | None = None) -> str:
+        """The container-VM whose hostname is CLUSTER-HOST (Heat names the container itself)."""
+        hostname = f"{self.cluster}-{host or self.host}"
+        listing = _run(["docker", "ps", "-q", "--filter", f"label=astrostack.cluster={self.cluster}"],
+                       30, None, "docker ps")
+        ids = listing.output.split()
+        if ids:
+            inspect = _run(["docker", "inspect", "-f", "{{.Id}} {{.Config.Hostname}}", *ids], 30, None, "docker inspect")
+            for line in inspect.output.splitlines():
+                container_id, _, name = line.partition(" ")
+                if name.strip() == hostname:
+                    return container_id
+        raise ClusterAccessError(f"cluster {self.cluster}: no running VM {hostname}")
 
     def run(self, script: str, *, timeout: float = DEFAULT_TIMEOUT_S, stdin: str | None = None) -> Result:
-        argv = ["docker", "exec", "-i", self.container, "bash", "-c", script]
-        result = _run(argv, timeout, stdin, f"manager of {self.cluster}")
-        if result.exit_code in (125, 126) and "No such container" in result.output:
-            raise ClusterAccessError(f"cluster {self.cluster}: its VM {self.container} does not exist")
-        return result
+        argv = ["docker", "exec", "-i", self.container(), "bash", "-c", script]
+        return _run(argv, timeout, stdin, f"{self.host} of {self.cluster}")
 
     def interactive_argv(self, host: str | None = None) -> list[str]:
-        container = f"{self.cluster}-{host}" if host else self.container
-        return ["docker", "exec", "-it", container, "bash", "-l"]
+        return ["docker", "exec", "-it", self.container(host), "bash", "-l"]
 
 
 class SshAccess:

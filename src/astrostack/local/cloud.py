@@ -112,6 +112,9 @@ def console_logs(cluster: str, conn: Any = None) -> dict[str, str]:
         name = vm_runtime.client().api.inspect_container(container_id)["Name"].lstrip("/")
         try:
             logs[name] = vm_runtime.console_log(container_id)
+            nodes_log = vm_runtime.read_file(container_id, "/var/log/astrostack-nodes.log")
+            if nodes_log:
+                logs[name] += "\n== /var/log/astrostack-nodes.log\n" + nodes_log.decode(errors="replace")
         except vm_runtime.VMError as exc:
             logs[name] = f"(console unavailable: {exc})"
     return logs

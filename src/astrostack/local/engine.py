@@ -17,6 +17,7 @@ import configparser
 import errno
 import fcntl
 import glob
+import ipaddress
 import json
 import logging
 import os
@@ -47,7 +48,13 @@ DEFAULT_PORT = 8004
 PORT_ENV = "ASTROSTACK_HEAT_PORT"
 VENV_ENV = "ASTROSTACK_HEAT_VENV"
 SHARES_ENV = "ASTROSTACK_LOCAL_SHARES"
-BRIDGE_INTERFACE = "docker0"
+# The API listens on the gateway of a Docker bridge of its own. Not docker0:
+# inside a container-VM, the VM's own dockerd owns 172.17.0.1, so a VM could
+# never reach docker0's address of this machine.
+BRIDGE_INTERFACE = "astro-local"
+ENGINE_NETWORK = "astrostack-local"
+ENGINE_CIDR_ENV = "ASTROSTACK_LOCAL_ENGINE_CIDR"
+DEFAULT_ENGINE_CIDR = "10.199.0.0/24"
 LOOPBACK = "127.0.0.1"
 PROJECT = "admin"
 PLUGIN_DIR = Path(__file__).resolve().parent / "heat_plugins"
@@ -186,8 +193,27 @@ def interface_ipv4(name: str) -> Optional[str]:
     return socket.inet_ntoa(answer[20:24])
 
 
+def ensure_engine_network() -> None:
+    """Create the engine's own Docker bridge (idempotent); no-op without Docker."""
+    if interface_ipv4(BRIDGE_INTERFACE):
+        return
+    import docker
+
+    cidr = ipaddress.IPv4Network(os.environ.get(ENGINE_CIDR_ENV, DEFAULT_ENGINE_CIDR))
+    gateway = str(next(cidr.hosts()))
+    try:
+        client = docker.from_env(timeout=30)
+        pool = docker.types.IPAMPool(subnet=str(cidr), gateway=gateway)
+        client.networks.create(ENGINE_NETWORK, driver="bridge", ipam=docker.types.IPAMConfig(pool_configs=[pool]),
+                               options={"com.docker.network.bridge.name": BRIDGE_INTERFACE},
+                               labels={"astrostack.role": "local-engine"})
+    except docker.errors.DockerException as exc:
+        LOG.warning("could not create the Docker network %s (%s): %s", ENGINE_NETWORK, cidr, exc)
+
+
 def choose_bind_address() -> str:
-    """docker0's address so container-VMs reach the API, else loopback (with a warning)."""
+    """The engine bridge's address so container-VMs reach the API, else loopback (with a warning)."""
+    ensure_engine_network()
     bridge = interface_ipv4(BRIDGE_INTERFACE)
     if bridge:
         return bridge
