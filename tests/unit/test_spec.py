@@ -259,7 +259,9 @@ def test_json_schema_enums_and_defaults_match_the_model():
 
 
 def test_examples_validate():
-    for path in sorted(EXAMPLES.glob("*.yaml")):
+    specs = [p for p in sorted(EXAMPLES.glob("*.yaml")) if not p.name.startswith("bench-")]
+    assert specs
+    for path in specs:
         assert load_spec(path).name
 
 

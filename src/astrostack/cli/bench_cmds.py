@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
-from astrostack.bench import db, plots, report, runner, schedule
+from astrostack.bench import db, report, runner, schedule
 from astrostack.bench.matrix import load_matrix
 from astrostack.cli.common import console, err_console, print_json
 
@@ -61,7 +62,8 @@ def _point_printer(as_json: bool):
                         "compute_s": row.compute_s, "error": row.error or None, "evidence_dir": row.evidence_dir})
             return
         timings = f"deploy {_s(row.deploy_s)}  create {_s(row.create_s)}  compute {_s(row.compute_s)}"
-        outcome = timings if row.status == "ok" else f"[red]failed[/red]: {row.error} (evidence: {row.evidence_dir})"
+        evidence = f" (evidence: {row.evidence_dir})" if row.evidence_dir else ""
+        outcome = timings if row.status == "ok" else f"[red]failed[/red]: {escape(row.error)}{escape(evidence)}"
         console.print(f"{row.hosts} hosts x {row.nodes} nodes, repeat {row.repeat}: {outcome}", highlight=False)
 
     return show
@@ -90,6 +92,8 @@ def report_cmd(
     else:
         console.print(report.as_table(summaries))
     if plots_dir is not None:
+        from astrostack.bench import plots  # matplotlib: ~0.4 s to import, only when plotting
+
         for path in plots.write_plots(rows, plots_dir):
             err_console.print(f"wrote {path}", highlight=False)
 

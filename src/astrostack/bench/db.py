@@ -1,0 +1,182 @@
+"""Bench results in SQLite (stdlib ``sqlite3``).
+
+Two tables: ``runs`` (one per ``astrostack bench run``) and ``points`` (one per
+deployment of a (hosts, nodes) point; ``repeat`` counts from 0). A
+``schema_version`` table holds the layout's version; a database of another
+version is refused rather than misread. Times are UTC ISO-8601 strings,
+durations are seconds, JSON columns hold JSON text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Optional
+
+from astrostack import paths
+from astrostack.errors import InvalidInput
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    matrix TEXT NOT NULL,
+    started TEXT NOT NULL,
+    finished TEXT,
+    status TEXT NOT NULL CHECK (status IN ('running', 'ok', 'failed')),
+    error TEXT,
+    evidence_dir TEXT,
+    wall_s REAL,
+    waiting_s REAL,
+    overhead_s REAL
+);
+CREATE TABLE IF NOT EXISTS points (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    hosts INTEGER NOT NULL,
+    nodes INTEGER NOT NULL,
+    repeat INTEGER NOT NULL,
+    cluster TEXT NOT NULL,
+    cloud TEXT NOT NULL,
+    flavors TEXT NOT NULL,
+    image_digests TEXT NOT NULL,
+    spec_hash TEXT NOT NULL,
+    deploy_s REAL,
+    create_s REAL,
+    compute_s REAL,
+    ratio REAL,
+    phases TEXT NOT NULL,
+    job_exit_code INTEGER,
+    status TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
+    error TEXT NOT NULL,
+    evidence_dir TEXT
+);
+CREATE INDEX IF NOT EXISTS points_by_size ON points (hosts, nodes);
+"""
+
+
+@dataclass
+class PointRow:
+    """One deployment of one point, as stored. ``ratio`` = deploy_s / compute_s."""
+
+    run_id: int
+    hosts: int
+    nodes: int
+    repeat: int
+    cluster: str
+    cloud: str
+    flavors: dict[str, str]
+    image_digests: dict[str, str]
+    spec_hash: str
+    deploy_s: Optional[float]
+    create_s: Optional[float]
+    compute_s: Optional[float]
+    ratio: Optional[float]
+    phases: dict[str, Any]
+    job_exit_code: Optional[int]
+    status: str
+    error: str
+    evidence_dir: Optional[str]
+
+
+JSON_COLUMNS = ("flavors", "image_digests", "phases")
+POINT_COLUMNS = tuple(field.name for field in fields(PointRow))
+
+
+def default_db_path() -> Path:
+    return paths.subdir("bench") / "bench.sqlite"
+
+
+@contextlib.contextmanager
+def open_db(path: str | Path) -> Iterator[sqlite3.Connection]:
+    """A connection with the schema in place; committed and closed on exit."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        conn = sqlite3.connect(path)
+    except sqlite3.Error as exc:
+        raise InvalidInput(f"{path}: cannot open the bench database ({exc})") from None
+    conn.row_factory = sqlite3.Row
+    try:
+        _ensure_schema(conn, path)
+        yield conn
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def _ensure_schema(conn: sqlite3.Connection, path: Path) -> None:
+    try:
+        conn.executescript(SCHEMA)
+    except sqlite3.DatabaseError as exc:
+        raise InvalidInput(f"{path}: not a bench database ({exc})") from None
+    versions = [row[0] for row in conn.execute("SELECT version FROM schema_version")]
+    if not versions:
+        conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+        conn.commit()
+    elif versions != [SCHEMA_VERSION]:
+        raise InvalidInput(f"{path}: bench database schema {versions} is not {SCHEMA_VERSION}; use another --db")
+
+
+# Writing ------------------------------------------------------------------------
+
+
+def start_run(conn: sqlite3.Connection, matrix: str, started: str) -> int:
+    cursor = conn.execute("INSERT INTO runs (matrix, started, status) VALUES (?, ?, 'running')", (matrix, started))
+    conn.commit()
+    return int(cursor.lastrowid)
+
+
+def finish_run(conn: sqlite3.Connection, run_id: int, *, finished: str, status: str, error: Optional[str],
+               evidence_dir: Optional[str], wall_s: float, waiting_s: float) -> None:
+    conn.execute(
+        "UPDATE runs SET finished = ?, status = ?, error = ?, evidence_dir = ?, wall_s = ?, waiting_s = ?,"
+        " overhead_s = ? WHERE id = ?",
+        (finished, status, error, evidence_dir, wall_s, waiting_s, wall_s - waiting_s, run_id),
+    )
+    conn.commit()
+
+
+def add_point(conn: sqlite3.Connection, row: PointRow) -> None:
+    values = asdict(row)
+    for column in JSON_COLUMNS:
+        values[column] = json.dumps(values[column], sort_keys=True, default=str)
+    placeholders = ", ".join("?" for _ in POINT_COLUMNS)
+    conn.execute(f"INSERT INTO points ({', '.join(POINT_COLUMNS)}) VALUES ({placeholders})",
+                 [values[column] for column in POINT_COLUMNS])
+    conn.commit()
+
+
+# Reading ------------------------------------------------------------------------
+
+
+def point_rows(conn: sqlite3.Connection, *, run_id: Optional[int] = None,
+               matrix: Optional[str] = None) -> list[PointRow]:
+    """Stored points, oldest first; optionally of one run or one matrix."""
+    query = "SELECT points.* FROM points JOIN runs ON runs.id = points.run_id WHERE 1 = 1"
+    params: list[Any] = []
+    if run_id is not None:
+        query += " AND points.run_id = ?"
+        params.append(run_id)
+    if matrix is not None:
+        query += " AND runs.matrix = ?"
+        params.append(matrix)
+    rows = conn.execute(query + " ORDER BY points.id", params).fetchall()
+    return [_point_from_row(row) for row in rows]
+
+
+def _point_from_row(row: sqlite3.Row) -> PointRow:
+    values = {column: row[column] for column in POINT_COLUMNS}
+    for column in JSON_COLUMNS:
+        values[column] = json.loads(values[column])
+    return PointRow(**values)
+
+
+def runs(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    return [dict(row) for row in conn.execute("SELECT * FROM runs ORDER BY id")]

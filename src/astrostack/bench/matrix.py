@@ -1,0 +1,140 @@
+"""The bench matrix: one YAML file -> a validated :class:`BenchMatrix`.
+
+A matrix names a base cluster spec (a path, relative to the matrix file, or an
+inline mapping), optional overrides merged into it, a job (a mapping passed
+through unchanged to the job runner), the (hosts, nodes) points to measure and
+how often to repeat each. Every point's cluster spec is validated when the
+matrix is loaded, so a bad point fails before anything is deployed.
+
+Each point deploys a cluster named ``<matrix name>-<hosts>x<nodes>``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from astrostack.errors import InvalidInput
+from astrostack.spec import ClusterSpec, describe_validation_error, spec_from_dict
+
+# 20 chars leaves room for "-<hosts>x<nodes>" inside a 32-char cluster name.
+MATRIX_NAME = re.compile(r"^[a-z]([a-z0-9-]{0,18}[a-z0-9])?$")
+
+
+class Point(BaseModel):
+    """One cluster size of the matrix."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hosts: int = Field(ge=1, le=1000, strict=True, description="VMs that run containers, manager included.")
+    nodes: int = Field(ge=1, le=100000, strict=True, description="MPI ranks (containers), master included.")
+
+    @property
+    def label(self) -> str:
+        return f"{self.hosts}x{self.nodes}"
+
+
+class BenchMatrix(BaseModel):
+    """A benchmark like the paper's Table 1: points x repeats of deploy, job, destroy."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Matrix name: 1-20 chars of a-z, 0-9, '-'; names the clusters and the schedule.")
+    spec: Union[str, dict[str, Any]] = Field(description="Base cluster spec: a path (relative to the matrix) or inline.")
+    spec_overrides: dict[str, Any] = Field(default_factory=dict, description="Merged into the base spec, deeply.")
+    job: dict[str, Any] = Field(description="The job, passed as it is to the job runner.")
+    points: list[Point] = Field(min_length=1, description="The (hosts, nodes) to measure.")
+    repeats: int = Field(default=1, ge=1, le=100, strict=True, description="Deployments per point.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not MATRIX_NAME.fullmatch(value):
+            raise ValueError(f"{value!r} must be 1-20 chars of a-z, 0-9 and '-', starting with a letter")
+        return value
+
+    @field_validator("job")
+    @classmethod
+    def _job(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if not value:
+            raise ValueError("the job section is empty: say what to run (e.g. profile: mpi)")
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_points(self) -> BenchMatrix:
+        labels = [point.label for point in self.points]
+        duplicates = sorted({label for label in labels if labels.count(label) > 1})
+        if duplicates:
+            raise ValueError(f"points: {', '.join(duplicates)} listed twice; use repeats instead")
+        return self
+
+    def base_spec(self) -> dict[str, Any]:
+        if not isinstance(self.spec, dict):
+            raise InvalidInput(f"matrix {self.name}: spec {self.spec!r} was not resolved (use load_matrix)")
+        return merged(self.spec, self.spec_overrides)
+
+    def cluster_name(self, point: Point) -> str:
+        return f"{self.name}-{point.label}"
+
+    def point_spec(self, point: Point) -> ClusterSpec:
+        data = merged(self.base_spec(), {"name": self.cluster_name(point), "hosts": point.hosts, "nodes": point.nodes})
+        return spec_from_dict(data, source=f"matrix {self.name}, point {point.label}")
+
+
+def merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` merged in (mappings merge, anything else replaces)."""
+    result = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merged(result[key], value)
+        else:
+            result[key] = value
+    return result
+
+
+# Loading ----------------------------------------------------------------------
+
+
+def load_matrix(path: str | Path) -> BenchMatrix:
+    """Read, resolve and validate a matrix file; raise :class:`InvalidInput` with one line."""
+    path = Path(path)
+    return matrix_from_dict(_read_yaml(path, what="matrix"), source=str(path), base_dir=path.parent)
+
+
+def matrix_from_dict(data: Any, *, source: str = "<matrix>", base_dir: Path = Path(".")) -> BenchMatrix:
+    """Validate ``data``, read a base spec given as a path, check every point's spec."""
+    if not isinstance(data, dict):
+        raise InvalidInput(f"{source}: a matrix is a YAML mapping with name, spec, job and points")
+    try:
+        matrix = BenchMatrix.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidInput(f"{source}: {describe_validation_error(exc)}") from None
+    if isinstance(matrix.spec, str):
+        spec_path = base_dir / matrix.spec
+        spec_data = _read_yaml(spec_path, what="spec")
+        if not isinstance(spec_data, dict):
+            raise InvalidInput(f"{source}: spec: {spec_path} is not a YAML mapping")
+        matrix = matrix.model_copy(update={"spec": spec_data})
+    for point in matrix.points:
+        matrix.point_spec(point)
+    return matrix
+
+
+def _read_yaml(path: Path, *, what: str) -> Any:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise InvalidInput(f"{path}: no such {what} file") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"{path}: cannot read the {what} ({exc.__class__.__name__})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = str(getattr(exc, "problem", None) or exc).splitlines()[0]
+        raise InvalidInput(f"{path}:{where} is not valid YAML ({problem})") from None
