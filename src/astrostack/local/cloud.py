@@ -56,8 +56,12 @@ def prepare(spec: Any, record: Any, note: Note = print) -> None:
     ensure_image(VM_IMAGE, "vm", note)
     record.image_digests[VM_IMAGE] = images.image_digest(VM_IMAGE)
     app = spec.application.image
-    if "/" in app and app.split("/", 1)[0] == "astrostack":
-        ensure_image(app, app.split("/", 1)[1].split(":", 1)[0], note)
+    recipe = app.split("/", 1)[1].split(":", 1)[0] if app.startswith("astrostack/") else ""
+    if recipe in images.recipes():
+        ensure_image(app, recipe, note)
+    if not images.image_exists(app):
+        note(f"{app} is not on this machine: the hosts will pull it from {spec.registry.url or 'the cluster registry'}")
+        return
     record.image_digests[app] = images.image_digest(app)
     stage_image(spec.name, app, note)
 
