@@ -15,7 +15,7 @@ except ImportError:  # pragma: no cover
 from rich.markup import escape
 
 from astrostack import __version__
-from astrostack.cli import access_cmds, bench_cmds, cluster_cmds, image_cmds, local_cmds, spec_cmds
+from astrostack.cli import access_cmds, bench_cmds, cluster_cmds, image_cmds, job_cmds, local_cmds, spec_cmds
 from astrostack.cli.common import err_console
 from astrostack.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_INVALID_INPUT, AstrostackError
 
@@ -33,6 +33,7 @@ app.add_typer(bench_cmds.app, name="bench")
 spec_cmds.register(app)
 cluster_cmds.register(app)
 access_cmds.register(app)
+job_cmds.register(app)
 
 
 def _version(value: bool) -> None:

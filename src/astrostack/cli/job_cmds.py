@@ -1,0 +1,97 @@
+"""`astrostack run`, `jobs` and `fetch`: jobs on a ready cluster."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+import yaml
+
+from astrostack import job as jobs_lib
+from astrostack import state
+from astrostack.cli.common import console, print_json
+from astrostack.errors import InvalidInput
+
+
+def register(root: typer.Typer) -> None:
+    root.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(run)
+    root.command("jobs")(jobs)
+    root.command("fetch")(fetch)
+
+
+def run(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Cluster name."),
+    job: Optional[str] = typer.Argument(None, help="Job file (*.yaml: profile mpi or sagecal-mpi), or `-- CMD ARGS`."),
+    np: Optional[int] = typer.Option(None, "--np", min=1, help="mpi: ranks (default: every node)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="sagecal-mpi: worker ranks (default: nodes - 1)."),
+    timeout: Optional[int] = typer.Option(None, "--timeout", min=1, help="Seconds before the job is stopped."),
+    job_name: Optional[str] = typer.Option(None, "--name", help="Label of the job."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Run a job; its exit code is the job's. Example: astrostack run NAME -- /usr/local/bin/mpi_smoke"""
+    job_file, command = _split_job_argument(job, list(ctx.args))
+    data = _job_data(job_file, command)
+    for key, value in (("np", np), ("workers", workers), ("timeout_s", timeout), ("name", job_name)):
+        if value is not None:
+            data[key] = value
+    spec = jobs_lib.job_from_dict(data, source=str(job_file or "command line"))
+    result = jobs_lib.run_job(state.load(name), spec)
+    if as_json:
+        print_json(result.model_dump(mode="json"))
+    else:
+        console.out(result.output_tail, end="", highlight=False)
+        console.print(f"job {result.id}: exit {result.exit_code} in {result.seconds:.1f} s; folder {result.job_dir}",
+                      highlight=False)
+    jobs_lib.raise_for_exit(result)
+
+
+def _split_job_argument(job: Optional[str], rest: list[str]) -> tuple[Optional[Path], list[str]]:
+    """`run NAME JOB.yaml` or `run NAME -- CMD ARGS` (click hands CMD to JOB)."""
+    if job is not None and job.endswith((".yaml", ".yml")):
+        return Path(job), rest
+    return None, ([job] if job is not None else []) + rest
+
+
+def _job_data(job_file: Optional[Path], command: list[str]) -> dict:
+    if job_file and command:
+        raise InvalidInput("give a job file or `-- CMD ARGS`, not both")
+    if command:
+        return {"profile": "mpi", "command": command}
+    if job_file is None:
+        raise InvalidInput("no job: give a job file or `-- CMD ARGS`")
+    try:
+        data = yaml.safe_load(job_file.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise InvalidInput(f"{job_file}: cannot read the job ({exc.__class__.__name__})") from None
+    if not isinstance(data, dict):
+        raise InvalidInput(f"{job_file}: a job is a mapping with a `profile`")
+    return data
+
+
+def jobs(
+    name: str = typer.Argument(..., help="Cluster name."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Jobs run on a cluster, with their exit codes and times."""
+    rows = jobs_lib.list_jobs(name)
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        console.print(f"no jobs on {name} yet (astrostack run {name} -- CMD)")
+    for row in rows:
+        state_word = "ok" if row["exit_code"] == 0 else f"failed ({row['exit_code']})"
+        console.print(f"{row['id']:<40} {row['profile']:<12} {state_word:<12} {row['ranks']} ranks  {row['started']}",
+                      highlight=False)
+
+
+def fetch(
+    name: str = typer.Argument(..., help="Cluster name."),
+    job_id: str = typer.Argument(..., help="Job id (see `astrostack jobs NAME`)."),
+    out: Path = typer.Option(Path("."), "-o", "--out", help="Directory to copy the job folder into."),
+) -> None:
+    """Copy a job's folder (outputs, logs, per-rank figures) out of the cluster."""
+    target = jobs_lib.fetch(name, job_id, out)
+    console.print(f"copied to {target}", highlight=False)
