@@ -10,6 +10,7 @@ the hosts' wait-condition handle.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -197,14 +198,13 @@ def signal_counts(signals: dict[str, dict[str, Any]]) -> tuple[int, list[tuple[s
 
 
 def decoded_signal_data(signals: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Each host's signal data as JSON where it is JSON."""
+    """Each host's signal (status, reason, data), its data as JSON where it is JSON."""
     out = {}
     for host, signal in signals.items():
         data = signal.get("data")
-        try:
-            out[host] = json.loads(data) if isinstance(data, str) else data
-        except ValueError:
-            out[host] = data
+        with contextlib.suppress(ValueError):  # not JSON: kept as the host sent it
+            data = json.loads(data) if isinstance(data, str) else data
+        out[host] = {"status": signal.get("status"), "reason": signal.get("reason", ""), "data": data}
     return out
 
 

@@ -78,3 +78,101 @@ def local_cloud(heat_engine):
     conn = cloud.connect("local")
     yield conn
     conn.close()
+
+
+# --- clusters on the test engine (tests/functional/test_lifecycle.py) ------------
+
+EXAMPLE_SPEC = Path(__file__).resolve().parents[2] / "examples" / "local.yaml"
+CLUSTER_LABEL = "astrostack.cluster"
+
+
+def phase_timeout() -> int:
+    """Each deployment phase's timeout: the test timeout, never below Heat's 60 s."""
+    return max(60, int(_timeout()))
+
+
+def _merge(base: dict, overrides: dict) -> dict:
+    """``base`` with ``overrides`` merged in, mappings merged key by key."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+@pytest.fixture(scope="session")
+def cluster_images(docker_client):
+    """astrostack/vm and astrostack/mpi-base exist (built once when missing)."""
+    from astrostack import images
+
+    for recipe in ("vm", "mpi-base"):
+        if not images.image_exists(f"astrostack/{recipe}:latest"):
+            images.ensure_base_image(progress=print)
+            images.build(recipe, progress=print)
+
+
+@pytest.fixture
+def make_spec(heat_engine, cluster_images):
+    """``make_spec(name, cidr, **overrides)``: examples/local.yaml as a ClusterSpec
+    named NAME on network.cidr CIDR, each phase timed out at ``phase_timeout()``;
+    ``overrides`` are top-level spec fields, mappings merged into the example's."""
+    import yaml
+
+    from astrostack.spec import spec_from_dict
+
+    example = yaml.safe_load(EXAMPLE_SPEC.read_text())
+    seconds = phase_timeout()
+
+    def make(name: str, cidr: str, **overrides):
+        data = _merge(example, {
+            "name": name,
+            "network": {"cidr": cidr},
+            "timeouts": {"stack_create": seconds, "hosts_ready": seconds, "nodes_ready": seconds,
+                         "delete": seconds},
+        })
+        return spec_from_dict(_merge(data, overrides), source=f"test spec {name}")
+
+    return make
+
+
+@pytest.fixture
+def spec_file(tmp_path):
+    """``spec_file(spec)``: the spec written as YAML for the CLI; returns the path as str."""
+    import yaml
+
+    def write(spec) -> str:
+        path = tmp_path / f"{spec.name}.yaml"
+        path.write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+        return str(path)
+
+    return write
+
+
+def labelled(docker_client, cluster: str) -> dict[str, list[str]]:
+    """Docker containers, networks and volumes labelled with the cluster, by kind."""
+    label = {"label": f"{CLUSTER_LABEL}={cluster}"}
+    return {
+        "containers": [c.name for c in docker_client.containers.list(all=True, filters=label)],
+        "networks": [n.name for n in docker_client.networks.list(filters=label)],
+        "volumes": [v.name for v in docker_client.volumes.list(filters=label)],
+    }
+
+
+@pytest.fixture
+def cluster_cleanup(heat_engine, docker_client):
+    """``cluster_cleanup(name)`` registers a cluster to delete after the test
+    whatever happened (down --force, then a sweep of the Docker objects)."""
+    from astrostack import lifecycle
+    from astrostack.cleanup import LocalSweeper, sweep
+    from astrostack.errors import AstrostackError
+
+    names: list[str] = []
+    yield names.append
+    for name in names:
+        try:
+            lifecycle.down(name, cloud_name="local", force=True)
+        except AstrostackError as exc:
+            print(f"cleanup of {name}: {exc}")
+        sweep(LocalSweeper(), name)

@@ -105,8 +105,12 @@ class LocalServerWatch:
         dead = []
         for container in client.api.containers(all=True, filters={"label": f"{LABEL_CLUSTER}={self.cluster}"}):
             if container.get("State") in ("exited", "dead"):
-                name = container["Names"][0].lstrip("/")
-                dead.append((name, f"container VM {container.get('Status', container.get('State'))}"))
+                # The server's name as Nova shows it (the VM's hostname, e.g. CLUSTER-worker-0),
+                # not the container's name, which Heat derives from the resource path.
+                container_name = container["Names"][0].lstrip("/")
+                name = (container.get("Labels") or {}).get(vm_runtime.LABEL_VM) or container_name
+                status = container.get("Status", container.get("State"))
+                dead.append((name, f"container VM {container_name} {status}"))
         return dead
 
 

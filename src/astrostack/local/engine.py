@@ -324,8 +324,8 @@ def heat_conf(host: str, port: int, base: Path) -> dict[str, dict[str, str]]:
             "host": "astrostack-local",
             "transport_url": "fake://",
             "deferred_auth_method": "password",
-            "keystone_backend":
-                "heat.engine.clients.os.keystone.fake_keystoneclient.FakeKeystoneClient",
+            # Heat's FakeKeystoneClient with one id per stack user (local_keystone.py).
+            "keystone_backend": "heat.engine.plugins.local_keystone.LocalKeystoneClient",
             "auth_encryption_key": auth_encryption_key(),
             "convergence_engine": "false",
             "num_engine_workers": "1",
