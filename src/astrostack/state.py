@@ -9,7 +9,6 @@ process lock) and ``<name>.runs/<run_id>/`` (evidence of each deployment).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -23,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from astrostack import paths
 from astrostack.errors import AstrostackError, InvalidInput, NotFound
+from astrostack.locks import pid_lock
 
 SCHEMA_VERSION = 1
 FILE_MODE = 0o600
@@ -237,36 +237,14 @@ def cluster_lock(name: str) -> Iterator[Path]:
     has it. The file is kept afterwards: unlinking a lock file races with the
     next process opening it.
     """
-    path = lock_path(name)
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
-    try:
-        _acquire(descriptor, name)
-        try:
-            os.ftruncate(descriptor, 0)
-            os.write(descriptor, f"{os.getpid()}\n".encode())
-            yield path
-        finally:
-            # Explicit unlock: a child that inherited the descriptor would otherwise keep it.
-            fcntl.flock(descriptor, fcntl.LOCK_UN)
-    finally:
-        os.close(descriptor)
-
-
-def _acquire(descriptor: int, name: str) -> None:
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = _read_pid(descriptor)
-        raise ClusterBusy(
+    def busy(holder: str) -> ClusterBusy:
+        return ClusterBusy(
             f"cluster {name} is busy: another astrostack process (pid {holder}) holds it",
             hint="wait for it to finish, or stop that process",
-        ) from None
+        )
 
-
-def _read_pid(descriptor: int) -> str:
-    os.lseek(descriptor, 0, os.SEEK_SET)
-    text = os.read(descriptor, 32).decode(errors="replace").strip()
-    return text if text.isdigit() else "unknown"
+    with pid_lock(lock_path(name), busy) as path:
+        yield path
 
 
 def dump(record: ClusterRecord) -> dict[str, Any]:

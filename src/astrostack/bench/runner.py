@@ -58,9 +58,7 @@ A second run exits at once with :data:`EXIT_BUSY` and records nothing.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import importlib.util
-import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -73,6 +71,7 @@ from astrostack import paths
 from astrostack.bench import db
 from astrostack.bench.matrix import BenchMatrix, Point
 from astrostack.errors import AstrostackError, InvalidInput
+from astrostack.locks import pid_lock
 
 if TYPE_CHECKING:
     from astrostack.lifecycle import Runtime
@@ -372,25 +371,10 @@ def default_lock_file() -> Path:
 @contextlib.contextmanager
 def run_lock(path: Path) -> Iterator[Path]:
     """Hold the bench lock, or raise :class:`BenchBusy` at once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise BenchBusy(f"another bench run (pid {_lock_holder(descriptor)}) is running; this one did nothing",
-                            hint=f"lock {path}; runs never overlap") from None
-        try:
-            os.ftruncate(descriptor, 0)
-            os.write(descriptor, f"{os.getpid()}\n".encode())
-            yield path
-        finally:
-            fcntl.flock(descriptor, fcntl.LOCK_UN)
-    finally:
-        os.close(descriptor)
 
+    def busy(holder: str) -> BenchBusy:
+        return BenchBusy(f"another bench run (pid {holder}) is running; this one did nothing",
+                         hint=f"lock {path}; runs never overlap")
 
-def _lock_holder(descriptor: int) -> str:
-    os.lseek(descriptor, 0, os.SEEK_SET)
-    text = os.read(descriptor, 32).decode(errors="replace").strip()
-    return text if text.isdigit() else "unknown"
+    with pid_lock(path, busy) as held:
+        yield held
