@@ -12,8 +12,8 @@ CONTROL=$(control_dir)
 STATUS_FILE="$CONTROL/nodes-$HOST_ID.json"
 
 status() {
-  python3 -c 'import json,sys,time; print(json.dumps({"host": sys.argv[1], "state": sys.argv[2], "reason": sys.argv[3], "time": time.time()}))' \
-    "$HOST_ID" "$1" "$2" >"$STATUS_FILE.tmp"
+  python3 -c 'import json,sys,time; print(json.dumps({"host": sys.argv[1], "state": sys.argv[2], "reason": sys.argv[3], "ip": sys.argv[4], "time": time.time()}))' \
+    "$HOST_ID" "$1" "$2" "$(my_ip)" >"$STATUS_FILE.tmp"
   mv "$STATUS_FILE.tmp" "$STATUS_FILE"
 }
 

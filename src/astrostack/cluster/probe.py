@@ -8,6 +8,7 @@ import json
 from typing import Any, Optional
 
 from astrostack import cloud
+from astrostack.cluster import mpi as mpi_mode
 from astrostack.cluster import swarm
 from astrostack.cluster.access import ClusterAccessError, LocalAccess, ManagerAccess
 from astrostack.probe import NodeView
@@ -23,11 +24,11 @@ def access_for(spec: ClusterSpec) -> Optional[ManagerAccess]:
     return None
 
 
-def probe_for(spec: ClusterSpec, heat: Any, ref: Any) -> Optional[SwarmNodeProbe]:
+def probe_for(spec: ClusterSpec, heat: Any, ref: Any) -> Optional[SwarmNodeProbe | MpiNodeProbe]:
     access = access_for(spec)
-    if access is None or spec.mode is not Mode.swarm:
+    if access is None:
         return None
-    return SwarmNodeProbe(spec, access)
+    return SwarmNodeProbe(spec, access) if spec.mode is Mode.swarm else MpiNodeProbe(spec, access)
 
 
 class SwarmNodeProbe:
@@ -75,3 +76,34 @@ def _last_json_line(output: str) -> Optional[dict[str, Any]]:
             except ValueError:
                 return None
     return None
+
+
+class MpiNodeProbe:
+    """MPI mode: hosts whose MPI container runs (from the share), then the smoke test."""
+
+    def __init__(self, spec: ClusterSpec, access: ManagerAccess, smoke_program: list[str] = SMOKE_PROGRAM):
+        self.spec = spec
+        self.access = access
+        self.smoke_program = smoke_program
+
+    def observe_nodes(self) -> NodeView:
+        try:
+            view = mpi_mode.observe(self.spec, self.access)
+        except ClusterAccessError as exc:
+            return NodeView(ready=0, requests=1, detail=f"manager not reachable yet: {exc}")
+        ranks = dict(zip(self.spec.host_names(), self.spec.ranks_per_host()))
+        ready = sum(ranks.get(host, 0) for host in view.running)
+        if view.failures:
+            return NodeView(ready=ready, failure=view.failures[0], requests=1)
+        if len(view.running) < self.spec.hosts:
+            return NodeView(ready=ready, requests=1,
+                            detail=f"mpi: {len(view.running)}/{self.spec.hosts} hosts run their MPI container")
+        swarm.write_hostfile(self.spec, self.access)
+        argv = swarm.mpirun_argv(self.spec, self.smoke_program)
+        result = swarm.run_in_master(self.spec, self.access, argv, timeout=SMOKE_TIMEOUT_S)
+        summary = _last_json_line(result.output)
+        if result.ok and summary and summary.get("size") == self.spec.nodes:
+            return NodeView(ready=ready, smoke_ok=True, requests=3,
+                            detail=f"mpirun -np {self.spec.nodes} smoke test ok across {self.spec.hosts} hosts")
+        return NodeView(ready=ready, smoke_ok=False, requests=3,
+                        detail=f"mpirun smoke test not yet ok (exit {result.exit_code}): {result.output.strip()[-200:]}")

@@ -9,8 +9,9 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
+from astrostack.cluster import mpi as mpi_mode
 from astrostack.cluster.access import ManagerAccess, Result
-from astrostack.spec import ClusterSpec
+from astrostack.spec import ClusterSpec, Mode
 
 # Task errors that will not heal by waiting: fail at once with the error.
 FATAL_TASK_ERRORS = ("No such image", "manifest unknown", "pull access denied", "repository does not exist",
@@ -99,8 +100,12 @@ def _slot(task_name: str) -> int:
 
 
 def write_hostfile(spec: ClusterSpec, access: ManagerAccess) -> list[str]:
-    services = json.loads(access.run(task_addresses_script(spec), timeout=60).output.strip() or "{}") or {}
-    lines = hostfile_lines(spec, services)
+    """The MPI hostfile on the share: Swarm tasks (swarm mode) or hosts (mpi mode)."""
+    if spec.mode is Mode.mpi:
+        lines = mpi_mode.hostfile_lines(spec, mpi_mode.observe(spec, access))
+    else:
+        services = json.loads(access.run(task_addresses_script(spec), timeout=60).output.strip() or "{}") or {}
+        lines = hostfile_lines(spec, services)
     target = f"{spec.nfs.mount_point}/{HOSTFILE}"
     access.run(f"cat > {shlex.quote(target)}.tmp && mv {shlex.quote(target)}.tmp {shlex.quote(target)}",
                stdin="\n".join(lines) + "\n")
@@ -108,18 +113,22 @@ def write_hostfile(spec: ClusterSpec, access: ManagerAccess) -> list[str]:
 
 
 def master_exec_script(spec: ClusterSpec, command: list[str]) -> str:
+    """Shell, run on the manager, that execs COMMAND in the master container."""
     master, _ = service_names(spec)
     inner = " ".join(shlex.quote(part) for part in command)
+    find = (f"docker ps -q --filter name=^{mpi_mode.CONTAINER}$" if spec.mode is Mode.mpi
+            else f"docker ps -q --filter label=com.docker.swarm.service.name={master}")
     return (
-        f"c=$(docker ps -q --filter label=com.docker.swarm.service.name={master} | head -n1); "
+        f"c=$({find} | head -n1); "
         f'[ -n "$c" ] || {{ echo "no running master container of {spec.name}" >&2; exit 125; }}; '
         f'exec docker exec -i "$c" bash -lc {shlex.quote(inner)}'
     )
 
 
 def mpirun_argv(spec: ClusterSpec, program: list[str], np: int | None = None) -> list[str]:
-    """mpirun across every node, on the overlay only (see LOCAL-CLOUD-FACTS)."""
-    cidr = spec.overlay.subnet
+    """mpirun across every node, on the overlay only (see LOCAL-CLOUD-FACTS);
+    in mpi mode on the hosts' private network."""
+    cidr = spec.network.cidr if spec.mode is Mode.mpi else spec.overlay.subnet
     return [
         "mpirun", "--hostfile", f"/share/{HOSTFILE}", "-np", str(np or spec.nodes),
         "--mca", "btl_tcp_if_include", cidr, "--mca", "oob_tcp_if_include", cidr,
