@@ -177,18 +177,28 @@ def list_ms(spec: ClusterSpec, job: SagecalJob, access: ManagerAccess) -> list[s
 
 
 def assign_ms(hostfile: list[str], ms_list: list[str], workers: int) -> dict[str, list[str]]:
-    """Worker address -> its MS: distinct subsets, round-robin in hostfile order
-    (the first hostfile entry is the master and gets none)."""
+    """Worker address -> its MS: distinct subsets, round-robin over the
+    addresses of ranks 1..WORKERS in hostfile order (rank 0 is the master).
+    In mpi mode several ranks share an address (one container per host):
+    sagecal-mpi itself shares a host's MS among that host's workers."""
     if workers > len(ms_list):
         raise InvalidInput(f"job asks for {workers} workers but only {len(ms_list)} MS exist: "
                            "sagecal-mpi needs at least one MS per worker")
-    worker_addresses = [line.split()[0] for line in hostfile[1:workers + 1]]
-    if len(worker_addresses) < workers:
-        raise InvalidInput(f"job asks for {workers} workers but the cluster has {len(hostfile) - 1}")
+    rank_addresses = [line.split()[0] for line in hostfile for _ in range(_slots(line))]
+    if len(rank_addresses) < workers + 1:
+        raise InvalidInput(f"job asks for {workers} workers but the cluster has {len(rank_addresses) - 1}")
+    worker_addresses = list(dict.fromkeys(rank_addresses[1:workers + 1]))
     assignment: dict[str, list[str]] = {address: [] for address in worker_addresses}
     for index, ms in enumerate(ms_list):
-        assignment[worker_addresses[index % workers]].append(ms)
+        assignment[worker_addresses[index % len(worker_addresses)]].append(ms)
     return assignment
+
+
+def _slots(hostfile_line: str) -> int:
+    for field_ in hostfile_line.split()[1:]:
+        if field_.startswith("slots="):
+            return int(field_.split("=", 1)[1])
+    return 1
 
 
 def _staging_files(job_dir: str, job_id: str, assignment: dict[str, list[str]]) -> str:
