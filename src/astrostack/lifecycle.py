@@ -112,7 +112,8 @@ def prepare_cloud(spec: ClusterSpec, heat: Heat, record: state.ClusterRecord, ru
 
 def _wait_and_settle(spec: ClusterSpec, heat: Heat, ref: StackRef, record: state.ClusterRecord, keep: bool,
                      runtime: Runtime) -> state.ClusterRecord:
-    probe = DeploymentProbe(heat, ref, servers=server_watch(spec, heat, ref), nodes=node_probe(spec, heat, ref))
+    probe = DeploymentProbe(heat, ref, servers=server_watch(spec, heat, ref), nodes=node_probe(spec, heat, ref),
+                            host_ids=spec.host_names())
     try:
         readiness = wait_until_ready(
             probe, Targets(spec.hosts, spec.nodes), Deadlines.from_spec(spec),

@@ -54,7 +54,8 @@ class Observation:
 
     ``resources_total`` counts the Heat resources of the stack phase: every
     resource (nested ones included) except the wait conditions, which only
-    complete when hosts signal.
+    complete when hosts signal. ``hosts_missing`` names the hosts that sent no
+    signal yet (when the probe knows the hosts' ids).
     """
 
     stack_status: Optional[str] = None
@@ -62,6 +63,7 @@ class Observation:
     resources_done: int = 0
     resources_total: int = 0
     hosts_signalled: int = 0
+    hosts_missing: list[str] = field(default_factory=list)
     host_failures: list[tuple[str, str]] = field(default_factory=list)
     failed_resources: list[tuple[str, str]] = field(default_factory=list)
     servers_in_error: list[tuple[str, str]] = field(default_factory=list)
@@ -265,10 +267,16 @@ def stack_is_terminal(status: Optional[str], targets: Targets) -> bool:
     return status not in (targets.stack_status, f"{targets.stack_action}_IN_PROGRESS")
 
 
-def failure_reasons(observation: Observation, targets: Targets) -> list[str]:
-    """Every terminal problem in ``observation``, the most specific first."""
+def failure_reasons(observation: Observation, targets: Targets, phase: Optional[str] = None) -> list[str]:
+    """Every terminal problem in ``observation``, the most specific first.
+
+    In the hosts phase, the hosts that never signalled are one more reason
+    (when none signalled FAILURE): Heat's own wait-condition timeout only counts them.
+    """
     reasons = [f"host {host} signalled FAILURE: {why}" for host, why in observation.host_failures]
     reasons += [f"server {name} is in ERROR: {why}" for name, why in observation.servers_in_error]
+    if not reasons and not observation.nodes_failure:
+        reasons += _silent_hosts(phase, observation, targets)
     reasons += [f"resource {name} failed: {why}" for name, why in observation.failed_resources]
     if observation.nodes_failure:
         reasons.append(f"node failure: {observation.nodes_failure}")
@@ -277,13 +285,28 @@ def failure_reasons(observation: Observation, targets: Targets) -> list[str]:
     return reasons
 
 
+def _silent_hosts(phase: Optional[str], observation: Observation, targets: Targets) -> list[str]:
+    """'no signal from HOSTS', only alongside another problem of the hosts phase."""
+    problem = observation.failed_resources or stack_is_terminal(observation.stack_status, targets)
+    if phase != HOSTS or not observation.hosts_missing or not problem:
+        return []
+    return [f"no signal from {_some(observation.hosts_missing)}"]
+
+
+def _some(names: list[str], shown: int = 5) -> str:
+    """The first ``shown`` names, and how many more."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
 def describe_counts(phase: str, observation: Observation, targets: Targets) -> str:
     """Counts reached vs. targets for ``phase``, for messages."""
     status = f"stack {observation.stack_status or 'not seen'}"
     if phase == STACK:
         return f"{observation.resources_done}/{observation.resources_total} Heat resources done, {status}"
     if phase == HOSTS:
-        return f"{observation.hosts_signalled}/{targets.hosts} hosts signalled, {status}"
+        missing = f" (none from {_some(observation.hosts_missing)})" if observation.hosts_missing else ""
+        return f"{observation.hosts_signalled}/{targets.hosts} hosts signalled{missing}, {status}"
     smoke = {True: "passed", False: "failed", None: "not run"}[observation.smoke_ok]
     return f"{observation.nodes_ready}/{targets.nodes} nodes ready, smoke test {smoke}"
 
@@ -423,7 +446,7 @@ class _Waiter:
             self._last_key = observation.progress_key()
             message = observation.last_event or describe_counts(phase, observation, self.targets)
             self._emit(phase, "progress", message)
-        reasons = failure_reasons(observation, self.targets)
+        reasons = failure_reasons(observation, self.targets, phase)
         if reasons:
             self._fail(phase, reasons)
         return observation

@@ -13,6 +13,7 @@ requests whatever the number of hosts:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Optional, Protocol
 
@@ -80,11 +81,12 @@ class DeploymentProbe:
     """Implements :class:`astrostack.monitor.Probe` for one stack."""
 
     def __init__(self, heat: Heat, ref: StackRef, *, servers: ServerWatch | None = None,
-                 nodes: NodeProbe | None = None):
+                 nodes: NodeProbe | None = None, host_ids: Sequence[str] = ()):
         self.heat = heat
         self.ref = ref
         self.servers = servers or NoServerWatch()
         self.nodes = nodes
+        self.host_ids = list(host_ids)  # the signal ids hosts use: manager, worker-0, ...
         self.last_event: Optional[str] = None
 
     def observe(self, phase: str) -> Observation:
@@ -105,6 +107,7 @@ class DeploymentProbe:
             resources_done=done,
             resources_total=total,
             hosts_signalled=signalled,
+            hosts_missing=[host for host in self.host_ids if host not in signals],
             host_failures=host_failures,
             failed_resources=heat_stack.failed_resources(resources),
             servers_in_error=self.servers.dead_servers(),

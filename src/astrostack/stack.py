@@ -24,6 +24,8 @@ from astrostack.render import Rendered
 from astrostack.retry import call_with_retry
 
 WAIT_CONDITIONS = ("hosts_wait", "nfs_wait")
+# Resource statuses ending in _COMPLETE that do not mean "created": not started yet, gone.
+NOT_DONE = ("INIT_COMPLETE", "DELETE_COMPLETE")
 HOSTS_HANDLE = "hosts_handle"
 NFS_HANDLE = "nfs_handle"
 # Secrets that must never be written into evidence.
@@ -176,10 +178,18 @@ def stack_body(api: Any, rendered: Rendered) -> dict[str, Any]:
 
 
 def count_resources(resources: list[dict[str, Any]]) -> tuple[int, int]:
-    """(done, total) over the resources whose completion does not wait on hosts."""
+    """(done, total) over the resources whose completion does not wait on hosts.
+
+    INIT_COMPLETE is a resource Heat has not started yet (every resource of a
+    stack just created lists so), DELETE_COMPLETE one that is gone: neither is done.
+    """
     relevant = [r for r in resources if r.get("resource_name") not in WAIT_CONDITIONS]
-    done = sum(1 for r in relevant if str(r.get("resource_status", "")).endswith("_COMPLETE"))
+    done = sum(1 for r in relevant if _is_done(str(r.get("resource_status", ""))))
     return done, len(relevant)
+
+
+def _is_done(resource_status: str) -> bool:
+    return resource_status.endswith("_COMPLETE") and resource_status not in NOT_DONE
 
 
 def failed_resources(resources: list[dict[str, Any]]) -> list[tuple[str, str]]:

@@ -86,6 +86,11 @@ EXAMPLE_SPEC = Path(__file__).resolve().parents[2] / "examples" / "local.yaml"
 CLUSTER_LABEL = "astrostack.cluster"
 
 
+def free_port(host: str) -> int:
+    """A TCP port nothing listens on at HOST (for a second engine, a proxy)."""
+    return _free_port(host)
+
+
 def phase_timeout() -> int:
     """Each deployment phase's timeout: the test timeout, never below Heat's 60 s."""
     return max(60, int(_timeout()))

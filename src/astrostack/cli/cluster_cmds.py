@@ -86,8 +86,10 @@ def down(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Delete a cluster and verify nothing is left (a cluster already gone is a no-op)."""
+    known = cloud is not None or state.exists(name)
     result = lifecycle.down(name, cloud_name=cloud, force=force, runtime=_runtime(as_json))
-    _report_sweep(name, result, as_json, verb="deleted")
+    if known or as_json:  # else lifecycle.down has said, in one line, that there is nothing to do
+        _report_sweep(name, result, as_json, verb="deleted")
 
 
 def scale(

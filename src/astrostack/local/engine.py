@@ -338,6 +338,9 @@ def heat_conf(host: str, port: int, base: Path) -> dict[str, dict[str, str]]:
             # The CFN API is not started: software deployments use Heat's own API.
             "default_software_config_transport": "POLL_SERVER_HEAT",
             "default_deployment_signal_transport": "HEAT_SIGNAL",
+            # A delete while a wait condition waits (rollback of a failed create) lets
+            # the wait run this long before cancelling it (Heat's default: 240 s).
+            "error_wait_time": "5",
             # oslo.service waits 60 s for in-flight work on SIGTERM by default.
             "graceful_shutdown_timeout": "5",
             "log_file": str(log_path()),
