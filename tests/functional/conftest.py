@@ -5,6 +5,7 @@ Environment:
                          installing openstack-heat into the throw-away home.
   ASTROSTACK_HEAT_PORT   port of the test engine; default: a free port.
   ASTROSTACK_TEST_TIMEOUT  seconds any single wait may take (default 180).
+  ASTROSTACK_REQUIRE_LOCAL_CLOUD  fail (not skip) when there is no Docker engine (CI sets it).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ def docker_client():
         client = docker.from_env(timeout=30)
         client.ping()
     except docker.errors.DockerException as exc:
+        if os.environ.get("ASTROSTACK_REQUIRE_LOCAL_CLOUD"):
+            pytest.fail(f"Docker engine not available and ASTROSTACK_REQUIRE_LOCAL_CLOUD is set: {exc}")
         pytest.skip(f"Docker engine not available: {exc}")
     yield client
     client.close()
