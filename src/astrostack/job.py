@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from astrostack import state
 from astrostack.cluster import swarm
-from astrostack.cluster.access import ManagerAccess
+from astrostack.cluster.access import ManagerAccess, cluster_access
 from astrostack.errors import InvalidInput, JobFailed
 from astrostack.spec import ClusterSpec, describe_validation_error, spec_from_dict
 
@@ -126,8 +126,6 @@ def run_job(record: state.ClusterRecord, job: Union[JobSpec, dict[str, Any]], ru
         raise InvalidInput(f"cluster {record.name} is {record.status}, not ready")
     spec = spec_from_dict(record.spec)
     if access is None:
-        from astrostack.cli.access_cmds import cluster_access
-
         spec, access = cluster_access(record.name)
     job_id = f"{job.name or job.profile}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:4]}"
     plan = plan_job(spec, job, job_id, access)
@@ -293,8 +291,6 @@ def fetch(cluster: str, job_id: str, out_dir: Path) -> Path:
 
 
 def _fetch_over_ssh(cluster: str, spec: ClusterSpec, job_id: str, target: Path) -> Path:
-    from astrostack.cli.access_cmds import cluster_access
-
     _, access = cluster_access(cluster)
     argv = access.interactive_argv() + [f"sudo tar -C {shlex.quote(spec.nfs.mount_point)}/jobs -cz {shlex.quote(job_id)}"]
     done = subprocess.run(argv, capture_output=True, timeout=3600)

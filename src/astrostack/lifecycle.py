@@ -19,7 +19,7 @@ from astrostack.errors import AstrostackError, CloudError, DeployFailed, Invalid
 from astrostack.monitor import Deadlines, MonitorError, PhaseEvent, Targets, wait_until_ready
 from astrostack.probe import DeploymentProbe, NodeProbe, NovaServerWatch, ServerWatch, SignalNodeProbe
 from astrostack.render import render, stack_tags
-from astrostack.spec import ClusterSpec, spec_from_dict
+from astrostack.spec import ClusterSpec, Mode, spec_from_dict
 from astrostack.stack import Heat, StackRef
 
 EventSink = Callable[[PhaseEvent], None]
@@ -360,7 +360,23 @@ def scale(name: str, hosts: int, nodes: Optional[int] = None, *, runtime: Runtim
         record.spec_hash = new.spec_hash()
         record.hosts_target, record.nodes_target = new.hosts, new.nodes
         state.save(record)
+        if new.mode is Mode.swarm and new.nodes != old.nodes:
+            _rescale_workers(new, runtime)
         return record
+
+
+def _rescale_workers(spec: ClusterSpec, runtime: Runtime) -> None:
+    """Swarm mode: the worker service follows the new node count."""
+    from astrostack.cluster.access import ClusterAccessError, cluster_access
+
+    try:
+        _, access = cluster_access(spec.name)
+        result = access.run(f"docker service scale --detach {spec.name}-worker={spec.nodes - 1}", timeout=120)
+    except ClusterAccessError as exc:
+        runtime.note(f"stack scaled, but the worker service was not: {exc}")
+        return
+    if not result.ok:
+        runtime.note(f"stack scaled, but `docker service scale` said: {result.output.strip()[-200:]}")
 
 
 def removal_policies(old_workers: int, new_workers: int) -> list[dict[str, list[str]]]:

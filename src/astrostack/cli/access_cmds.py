@@ -8,35 +8,16 @@ from typing import Optional
 
 import typer
 
-from astrostack import state
 from astrostack.cli.common import console
 from astrostack.cluster import swarm
-from astrostack.cluster.access import LocalAccess, ManagerAccess, SshAccess
+from astrostack.cluster.access import LocalAccess, cluster_access
 from astrostack.errors import InvalidInput, JobFailed
-from astrostack.spec import ClusterSpec, spec_from_dict
 
 
 def register(root: typer.Typer) -> None:
     root.command("exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(exec_cmd)
     root.command("ssh")(ssh)
     root.command("logs")(logs)
-
-
-def cluster_access(name: str) -> tuple[ClusterSpec, ManagerAccess]:
-    """The spec of a known cluster and a way onto its manager."""
-    record = state.load(name)
-    spec = spec_from_dict(record.spec)
-    if spec.cloud == "local":
-        return spec, LocalAccess(name)
-    from astrostack import cloud
-    from astrostack.stack import Heat
-
-    heat = Heat(cloud.connect(spec.cloud))
-    ref = heat.find(name)
-    if ref is None:
-        raise InvalidInput(f"cluster {name} has no stack (status {record.status})")
-    address = heat.outputs(ref).get("manager_floating_ip")
-    return spec, SshAccess(name, address, spec.servers.user, record.ssh_private_key_path)
 
 
 def exec_cmd(

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from astrostack.errors import AstrostackError
+from astrostack.spec import ClusterSpec, spec_from_dict
 
 DEFAULT_TIMEOUT_S = 120
 
@@ -105,3 +106,21 @@ class SshAccess:
         if host and host != "manager":
             return self._ssh(["-J", target, f"{self.user}@{host}"])
         return self._ssh([target])
+
+
+def cluster_access(name: str) -> tuple[ClusterSpec, ManagerAccess]:
+    """The spec of a known cluster and a way onto its manager."""
+    from astrostack import cloud, state
+    from astrostack.errors import InvalidInput
+    from astrostack.stack import Heat
+
+    record = state.load(name)
+    spec = spec_from_dict(record.spec)
+    if cloud.is_local(spec.cloud):
+        return spec, LocalAccess(name)
+    heat = Heat(cloud.connect(spec.cloud))
+    ref = heat.find(name)
+    if ref is None:
+        raise InvalidInput(f"cluster {name} has no stack (status {record.status})")
+    address = heat.outputs(ref).get("manager_floating_ip")
+    return spec, SshAccess(name, address, spec.servers.user, record.ssh_private_key_path)
