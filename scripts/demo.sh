@@ -12,10 +12,11 @@ phase() {  # phase NAME CMD...: run and time one step
   local name=$1 start end
   shift
   echo "==> $name"
-  start=$(date +%s.%N)
+  start=$(date +%s%N)
   "$@"
-  end=$(date +%s.%N)
-  PHASES+=("$(printf '%-28s %8.1f s' "$name" "$(echo "$end - $start" | bc)")")
+  end=$(date +%s%N)
+  local tenths=$(( (end - start) / 100000000 ))
+  PHASES+=("$(printf '%-28s %6d.%d s' "$name" $((tenths / 10)) $((tenths % 10)))")
 }
 
 phase "set-up (packages, venv)" bash scripts/setup.sh
