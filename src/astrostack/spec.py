@@ -17,10 +17,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from astrostack.errors import SpecError
+from astrostack.yamlio import parse_yaml, read_yaml
 
 DNS_LABEL = re.compile(r"^[a-z]([a-z0-9-]{0,30}[a-z0-9])?$")
 TAG = re.compile(r"^[A-Za-z0-9_.:=-]{1,60}$")
@@ -375,24 +375,14 @@ def _check_heat_resources(spec: ClusterSpec) -> None:
 
 def load_spec(path: str | Path) -> ClusterSpec:
     """Read and validate a spec file; raise :class:`SpecError` with one line."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise SpecError(f"{path}: no such spec file") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
-        raise SpecError(f"{path}: cannot read the spec ({exc.__class__.__name__})") from None
-    return parse_spec(text, source=str(path))
+    return _spec_from_data(read_yaml(Path(path), "spec", SpecError), str(path))
 
 
 def parse_spec(text: str, source: str = "<spec>") -> ClusterSpec:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        problem = str(getattr(exc, "problem", None) or exc).splitlines()[0]
-        raise SpecError(f"{source}:{where} is not valid YAML ({problem})") from None
+    return _spec_from_data(parse_yaml(text, source, SpecError), source)
+
+
+def _spec_from_data(data: Any, source: str) -> ClusterSpec:
     if not isinstance(data, dict):
         raise SpecError(f"{source}: a spec is a YAML mapping with at least `name:`")
     return spec_from_dict(data, source)

@@ -15,11 +15,11 @@ import re
 from pathlib import Path
 from typing import Any, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from astrostack.errors import InvalidInput
 from astrostack.spec import ClusterSpec, describe_validation_error, spec_from_dict
+from astrostack.yamlio import read_yaml
 
 # 20 chars leaves room for "-<hosts>x<nodes>" inside a 32-char cluster name.
 MATRIX_NAME = re.compile(r"^[a-z]([a-z0-9-]{0,18}[a-z0-9])?$")
@@ -102,7 +102,7 @@ def merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
 def load_matrix(path: str | Path) -> BenchMatrix:
     """Read, resolve and validate a matrix file; raise :class:`InvalidInput` with one line."""
     path = Path(path)
-    return matrix_from_dict(_read_yaml(path, what="matrix"), source=str(path), base_dir=path.parent)
+    return matrix_from_dict(read_yaml(path, "matrix"), source=str(path), base_dir=path.parent)
 
 
 def matrix_from_dict(data: Any, *, source: str = "<matrix>", base_dir: Path = Path(".")) -> BenchMatrix:
@@ -115,7 +115,7 @@ def matrix_from_dict(data: Any, *, source: str = "<matrix>", base_dir: Path = Pa
         raise InvalidInput(f"{source}: {describe_validation_error(exc)}") from None
     if isinstance(matrix.spec, str):
         spec_path = base_dir / matrix.spec
-        spec_data = _read_yaml(spec_path, what="spec")
+        spec_data = read_yaml(spec_path, "spec")
         if not isinstance(spec_data, dict):
             raise InvalidInput(f"{source}: spec: {spec_path} is not a YAML mapping")
         matrix = matrix.model_copy(update={"spec": spec_data})
@@ -124,17 +124,3 @@ def matrix_from_dict(data: Any, *, source: str = "<matrix>", base_dir: Path = Pa
     return matrix
 
 
-def _read_yaml(path: Path, *, what: str) -> Any:
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise InvalidInput(f"{path}: no such {what} file") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"{path}: cannot read the {what} ({exc.__class__.__name__})") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        problem = str(getattr(exc, "problem", None) or exc).splitlines()[0]
-        raise InvalidInput(f"{path}:{where} is not valid YAML ({problem})") from None

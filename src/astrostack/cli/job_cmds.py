@@ -6,12 +6,12 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-import yaml
 
 from astrostack import job as jobs_lib
 from astrostack import state
 from astrostack.cli.common import console, print_json
 from astrostack.errors import InvalidInput
+from astrostack.yamlio import read_yaml
 
 
 def register(root: typer.Typer) -> None:
@@ -61,10 +61,7 @@ def _job_data(job_file: Optional[Path], command: list[str]) -> dict:
         return {"profile": "mpi", "command": command}
     if job_file is None:
         raise InvalidInput("no job: give a job file or `-- CMD ARGS`")
-    try:
-        data = yaml.safe_load(job_file.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise InvalidInput(f"{job_file}: cannot read the job ({exc.__class__.__name__})") from None
+    data = read_yaml(job_file, "job")
     if not isinstance(data, dict):
         raise InvalidInput(f"{job_file}: a job is a mapping with a `profile`")
     return data
