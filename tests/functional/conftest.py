@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from astrostack.bench.matrix import merged
+
 TEMPLATES = Path(__file__).parent / "templates"
 
 
@@ -99,17 +101,6 @@ def phase_timeout() -> int:
     return max(60, int(_timeout()))
 
 
-def _merge(base: dict, overrides: dict) -> dict:
-    """``base`` with ``overrides`` merged in, mappings merged key by key."""
-    merged = dict(base)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 @pytest.fixture(scope="session")
 def cluster_images(docker_client):
     """astrostack/vm and astrostack/mpi-base exist (built once when missing)."""
@@ -134,13 +125,13 @@ def make_spec(heat_engine, cluster_images):
     seconds = phase_timeout()
 
     def make(name: str, cidr: str, **overrides):
-        data = _merge(example, {
+        data = merged(example, {
             "name": name,
             "network": {"cidr": cidr},
             "timeouts": {"stack_create": seconds, "hosts_ready": seconds, "nodes_ready": seconds,
                          "delete": seconds},
         })
-        return spec_from_dict(_merge(data, overrides), source=f"test spec {name}")
+        return spec_from_dict(merged(data, overrides), source=f"test spec {name}")
 
     return make
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from astrostack.bench.matrix import merged
 from astrostack.errors import EXIT_INVALID_INPUT, SpecError
 from astrostack.spec import (
     ClusterSpec,
@@ -29,17 +30,6 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SOURCE = "bad.yaml"
 # A valid spec on a real cloud: everything a bad case changes starts from here.
 KASI = {"name": "t1", "cloud": "kasi", "ssh": {"allowed_cidr": "198.51.100.0/24"}}
-
-
-def merged(base: dict, overrides: dict) -> dict:
-    """BASE with OVERRIDES merged in, section by section."""
-    out = copy.deepcopy(base)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merged(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def without(data: dict, dotted: str) -> dict:
