@@ -1,32 +1,26 @@
 """Find and delete what a cluster left behind when its stack is gone.
 
-Every resource astrostack creates carries the cluster's name: Neutron tags
-(`astrostack-cluster=NAME`), server and volume metadata
-(`astrostack_cluster`), the floating IP's description, and on the local
-cloud the Docker label `astrostack.cluster`. A sweep lists by those marks
-only, so it never touches what another cluster (or another tool) owns.
+Every resource astrostack creates carries the cluster's mark
+(:mod:`astrostack.marks`): tags on Neutron resources, metadata on servers and
+volumes, the description of security groups and floating IPs, the name of
+keypairs. A sweep lists by those marks only, so it never touches what another
+cluster, a colleague or another tool owns. Deletions are what a tenant may do
+(no admin-only force-delete): a volume is detached, then deleted.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, Optional, Protocol
 
-from astrostack.cloud import is_local
+from openstack import exceptions as os_exc
+
+from astrostack import marks
 from astrostack.errors import CloudError
 
-CLUSTER_TAG = "astrostack-cluster="
-LOCAL_LABEL = "astrostack.cluster"
-# Security groups cannot carry tags through Heat; cluster.yaml names them so.
-SECURITY_GROUP_SUFFIXES = ("-members", "-manager-ssh", "-nfs")
-
-
-def security_group_owner(name: str) -> str:
-    """The cluster a security group of cluster.yaml belongs to, or ''."""
-    for suffix in SECURITY_GROUP_SUFFIXES:
-        if name.endswith(suffix) and len(name) > len(suffix):
-            return name[: -len(suffix)]
-    return ""
+VOLUME_DETACH_DEADLINE_S = 120
+POLL_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -47,12 +41,6 @@ class SweepResult:
 class Sweeper(Protocol):
     def leftovers(self, cluster: str | None = None) -> list[Leftover]: ...
     def delete(self, item: Leftover) -> None: ...
-
-
-def sweeper_for(cloud: str, conn: Any = None) -> Sweeper:
-    if is_local(cloud):
-        return LocalSweeper()
-    return OpenStackSweeper(conn)
 
 
 def sweep(sweeper: Sweeper, cluster: str | None = None, *, live_clusters: set[str] = frozenset(),
@@ -76,119 +64,72 @@ def sweep(sweeper: Sweeper, cluster: str | None = None, *, live_clusters: set[st
 
 # Servers first (they hold ports and volumes), networks last.
 DELETE_ORDER = [
-    "server", "container", "floating_ip", "volume", "docker_volume", "port",
-    "router", "subnet", "security_group", "network", "docker_network", "keypair",
+    "server", "floating_ip", "volume", "port", "router", "subnet", "security_group", "network", "keypair",
 ]
 
 
-class LocalSweeper:
-    """The local cloud: Docker containers, volumes and networks by label."""
-
-    def __init__(self) -> None:
-        import docker
-
-        self.docker = docker.from_env(timeout=60)
-
-    def leftovers(self, cluster: str | None = None) -> list[Leftover]:
-        label = f"{LOCAL_LABEL}={cluster}" if cluster else LOCAL_LABEL
-        found = []
-        for container in self.docker.containers.list(all=True, filters={"label": label}):
-            found.append(Leftover("container", container.id, container.name, container.labels.get(LOCAL_LABEL, "")))
-        for volume in self.docker.volumes.list(filters={"label": label}):
-            labels = volume.attrs.get("Labels") or {}
-            found.append(Leftover("docker_volume", volume.name, volume.name, labels.get(LOCAL_LABEL, "")))
-        for network in self.docker.networks.list(filters={"label": label}):
-            labels = network.attrs.get("Labels") or {}
-            found.append(Leftover("docker_network", network.id, network.name, labels.get(LOCAL_LABEL, "")))
-        return found
-
-    def delete(self, item: Leftover) -> None:
-        import docker.errors
-
-        try:
-            if item.kind == "container":
-                self.docker.api.remove_container(item.id, force=True, v=True)
-            elif item.kind == "docker_volume":
-                self.docker.api.remove_volume(item.id, force=True)
-            elif item.kind == "docker_network":
-                self.docker.api.remove_network(item.id)
-        except docker.errors.NotFound:
-            return
-        except docker.errors.APIError as exc:
-            raise CloudError(f"cannot delete {item.kind} {item.name}: {exc.explanation or exc}") from None
+def _mine(owner: str, cluster: Optional[str]) -> bool:
+    return bool(owner) and (cluster is None or owner == cluster)
 
 
 class OpenStackSweeper:
-    """A real cloud, through openstacksdk: tags, metadata and descriptions."""
+    """Any cloud, through openstacksdk."""
 
-    def __init__(self, conn: Any):
+    def __init__(self, conn: Any, *, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
         self.conn = conn
+        self.clock = clock
+        self.sleep = sleep
 
     def leftovers(self, cluster: str | None = None) -> list[Leftover]:
-        found: list[Leftover] = []
-        found += self._servers(cluster)
-        found += self._floating_ips(cluster)
-        found += self._volumes(cluster)
-        found += self._tagged(cluster)
-        return found
+        try:
+            return (self._servers(cluster) + self._floating_ips(cluster) + self._volumes(cluster)
+                    + self._tagged(cluster) + self._security_groups(cluster) + self._keypairs(cluster))
+        except os_exc.SDKException as exc:
+            raise CloudError(f"listing leftovers: {' '.join(str(exc).split())}") from None
 
     def _servers(self, cluster: str | None) -> list[Leftover]:
-        out = []
-        for server in self.conn.compute.servers(details=True):
-            owner = (server.metadata or {}).get("astrostack_cluster")
-            if owner and (cluster is None or owner == cluster):
-                out.append(Leftover("server", server.id, server.name, owner))
-        return out
+        return [Leftover("server", s.id, s.name, owner) for s in self.conn.compute.servers(details=True)
+                if _mine(owner := (s.metadata or {}).get(marks.METADATA_KEY, ""), cluster)]
 
     def _floating_ips(self, cluster: str | None) -> list[Leftover]:
-        out = []
-        for fip in self.conn.network.ips():
-            description = fip.description or ""
-            if description.startswith(CLUSTER_TAG):
-                owner = description[len(CLUSTER_TAG):]
-                if cluster is None or owner == cluster:
-                    out.append(Leftover("floating_ip", fip.id, fip.floating_ip_address or fip.id, owner))
-        return out
+        return [Leftover("floating_ip", f.id, f.floating_ip_address or f.id, owner) for f in self.conn.network.ips()
+                if _mine(owner := marks.owner_from_description(f.description or ""), cluster)]
 
     def _volumes(self, cluster: str | None) -> list[Leftover]:
-        out = []
-        for volume in self.conn.block_storage.volumes(details=True):
-            owner = (volume.metadata or {}).get("astrostack_cluster")
-            if owner and (cluster is None or owner == cluster):
-                out.append(Leftover("volume", volume.id, volume.name or volume.id, owner))
-        return out
+        return [Leftover("volume", v.id, v.name or v.id, owner) for v in self.conn.block_storage.volumes(details=True)
+                if _mine(owner := (v.metadata or {}).get(marks.METADATA_KEY, ""), cluster)]
 
     def _tagged(self, cluster: str | None) -> list[Leftover]:
         out = []
-        listings = (
-            ("port", self.conn.network.ports),
-            ("router", self.conn.network.routers),
-            ("subnet", self.conn.network.subnets),
-            ("network", self.conn.network.networks),
-        )
-        for kind, lister in listings:
-            query = {"tags": f"{CLUSTER_TAG}{cluster}"} if cluster else {"tags": "astrostack"}
+        query = {"tags": marks.cluster_tag(cluster)} if cluster else {"tags": marks.GENERIC_TAG}
+        for kind, lister in (("port", self.conn.network.ports), ("router", self.conn.network.routers),
+                             ("subnet", self.conn.network.subnets), ("network", self.conn.network.networks)):
             for item in lister(**query):
-                owner = next((t[len(CLUSTER_TAG):] for t in (item.tags or []) if t.startswith(CLUSTER_TAG)), "")
-                out.append(Leftover(kind, item.id, item.name or item.id, owner))
-        for group in self.conn.network.security_groups():
-            owner = security_group_owner(group.name or "")
-            if owner and (cluster is None or owner == cluster):
-                out.append(Leftover("security_group", group.id, group.name, owner))
+                owner = marks.owner_from_tags(item.tags or [])
+                if _mine(owner, cluster):
+                    out.append(Leftover(kind, item.id, item.name or item.id, owner))
         return out
 
-    def delete(self, item: Leftover) -> None:
-        from openstack import exceptions as os_exc
+    def _security_groups(self, cluster: str | None) -> list[Leftover]:
+        return [Leftover("security_group", g.id, g.name, owner) for g in self.conn.network.security_groups()
+                if _mine(owner := marks.owner_from_description(g.description or ""), cluster)]
 
+    def _keypairs(self, cluster: str | None) -> list[Leftover]:
+        return [Leftover("keypair", k.name, k.name, owner) for k in self.conn.compute.keypairs()
+                if _mine(owner := marks.owner_from_keypair(k.name), cluster)]
+
+    def delete(self, item: Leftover) -> None:
         deleters = {
-            "server": lambda i: self.conn.compute.delete_server(i, force=True),
+            "server": self.conn.compute.delete_server,
             "floating_ip": self.conn.network.delete_ip,
-            "volume": lambda i: self.conn.block_storage.delete_volume(i, force=True),
+            "volume": self._detach_and_delete_volume,
             "port": self.conn.network.delete_port,
             "router": self._delete_router,
             "subnet": self.conn.network.delete_subnet,
             "security_group": self.conn.network.delete_security_group,
             "network": self.conn.network.delete_network,
+            "keypair": self.conn.compute.delete_keypair,
         }
         try:
             deleters[item.kind](item.id)
@@ -196,6 +137,26 @@ class OpenStackSweeper:
             return
         except os_exc.SDKException as exc:
             raise CloudError(f"cannot delete {item.kind} {item.name}: {' '.join(str(exc).split())}") from None
+
+    def _detach_and_delete_volume(self, volume_id: str) -> None:
+        volume = self.conn.block_storage.get_volume(volume_id)
+        for attachment in volume.attachments or []:
+            server_id = attachment.get("server_id")
+            if server_id:
+                self.conn.compute.delete_volume_attachment(server_id, volume_id, ignore_missing=True)
+        self._wait_volume_free(volume_id)
+        self.conn.block_storage.delete_volume(volume_id)
+
+    def _wait_volume_free(self, volume_id: str) -> None:
+        deadline = self.clock() + VOLUME_DETACH_DEADLINE_S
+        while True:
+            volume = self.conn.block_storage.get_volume(volume_id)
+            if volume.status in ("available", "error", "error_deleting"):
+                return
+            if self.clock() >= deadline:
+                raise CloudError(f"volume {volume.name or volume_id} still {volume.status} after "
+                                 f"{VOLUME_DETACH_DEADLINE_S} s")
+            self.sleep(POLL_S)
 
     def _delete_router(self, router_id: str) -> None:
         router = self.conn.network.get_router(router_id)

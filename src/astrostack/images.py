@@ -151,18 +151,56 @@ def recipes() -> list[str]:
     return sorted(p.parent.name for p in paths.images_dir().glob("*/Dockerfile"))
 
 
-def push(name: str, registry: str) -> tuple[str, str]:
-    """Tag ``astrostack/NAME:latest`` (or a full reference) for REGISTRY and push it."""
+def split_reference(reference: str) -> tuple[str, str]:
+    """(repository, tag) of an image reference; the tag defaults to latest."""
+    last = reference.rsplit("/", 1)[-1]
+    if ":" in last:
+        repository, _, tag = reference.rpartition(":")
+        return repository, tag
+    return reference, "latest"
+
+
+def has_registry_host(reference: str) -> bool:
+    """True when REFERENCE names its registry (``host:port/...`` or ``host.domain/...``), as Docker decides."""
+    first, _, rest = reference.partition("/")
+    return bool(rest) and ("." in first or ":" in first or first == "localhost")
+
+
+def push(name: str, registry: str, progress: Progress = None) -> tuple[str, str]:
+    """Tag ``astrostack/NAME:latest`` (or a full reference) for REGISTRY, push it;
+    return the pushed reference and its registry digest."""
     source = name if "/" in name else f"astrostack/{name}:latest"
     if not image_exists(source):
         raise LocalCloudError(f"no local image {source}; build it first: astrostack image build {name}")
-    repository, _, tag = source.rpartition(":") if ":" in source.split("/")[-1] else (source, "", "latest")
+    repository, tag = split_reference(source)
     target = f"{registry}/{repository}"
     client = _client()
-    client.images.get(source).tag(target, tag=tag or "latest")
-    for chunk in client.api.push(target, tag=tag or "latest", stream=True, decode=True):
+    client.images.get(source).tag(target, tag=tag)
+    _say(progress, f"pushing {source} to {registry}")
+    for chunk in client.api.push(target, tag=tag, stream=True, decode=True):
         if "error" in chunk:
             raise LocalCloudError(f"push of {target}:{tag} to {registry} failed: {chunk['error'].strip()}")
-    digest = client.images.get_registry_data(f"{target}:{tag or 'latest'}").id
-    return f"{target}:{tag or 'latest'}", digest
+    return f"{target}:{tag}", registry_digest(f"{target}:{tag}")
 
+
+def registry_digest(reference: str) -> str:
+    """The digest a registry holds for REFERENCE; LocalCloudError if it has none."""
+    try:
+        return _client().images.get_registry_data(reference).id
+    except docker.errors.DockerException as exc:
+        raise LocalCloudError(f"registry has no {reference}: {' '.join(str(exc).split())}") from None
+
+
+def ensure_in_registry(image: str, registry: str, note: Callable[[str], None] = lambda m: None) -> tuple[str, str]:
+    """Make the application IMAGE pullable from REGISTRY, as the hosts will pull it.
+
+    An image this machine's Docker engine has is pushed (layers the registry
+    has are not sent again); otherwise the registry must already hold it.
+    Returns the reference the hosts pull and its registry digest.
+    """
+    if has_registry_host(image):
+        return image, registry_digest(image)
+    if image_exists(image):
+        return push(image, registry, progress=note)
+    repository, tag = split_reference(image)
+    return f"{registry}/{repository}:{tag}", registry_digest(f"{registry}/{repository}:{tag}")

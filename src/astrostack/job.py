@@ -23,7 +23,6 @@ import fnmatch
 import io
 import json
 import shlex
-import shutil
 import subprocess
 import tarfile
 import time
@@ -278,16 +277,7 @@ def fetch(cluster: str, job_id: str, out_dir: Path) -> Path:
     if job_id not in {job.get("id") for job in record.jobs}:
         raise InvalidInput(f"cluster {cluster} has no job {job_id!r} (see `astrostack jobs {cluster}`)")
     spec = spec_from_dict(record.spec)
-    target = Path(out_dir) / job_id
-    if spec.cloud == "local":
-        from astrostack.local.cloud import share_dir
-
-        source = share_dir(cluster) / "jobs" / job_id
-        if not source.is_dir():
-            raise InvalidInput(f"job {job_id}: its folder {source} is gone")
-        shutil.copytree(source, target, dirs_exist_ok=True, symlinks=True)
-        return target
-    return _fetch_over_ssh(cluster, spec, job_id, target)
+    return _fetch_over_ssh(cluster, spec, job_id, Path(out_dir) / job_id)
 
 
 def _fetch_over_ssh(cluster: str, spec: ClusterSpec, job_id: str, target: Path) -> Path:

@@ -12,12 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from astrostack import cloud, keys, paths, state
+from astrostack import cloud, images, keys, paths, state
 from astrostack import stack as heat_stack
-from astrostack.cleanup import SweepResult, sweep, sweeper_for
+from astrostack.cleanup import OpenStackSweeper, SweepResult, sweep
+from astrostack.cluster.access import StackManagerAccess, forget_host_keys
+from astrostack.cluster.probe import probe_for
 from astrostack.errors import AstrostackError, CloudError, DeployFailed, InvalidInput, WaitTimeout
 from astrostack.monitor import Deadlines, MonitorError, PhaseEvent, Targets, wait_until_ready
-from astrostack.probe import DeploymentProbe, NodeProbe, NovaServerWatch, ServerWatch, SignalNodeProbe
+from astrostack.precheck import precheck
+from astrostack.probe import DeploymentProbe, NovaServerWatch, nova_console_logs
 from astrostack.render import render, stack_tags
 from astrostack.spec import ClusterSpec, Mode, spec_from_dict
 from astrostack.stack import Heat, StackRef
@@ -78,6 +81,7 @@ def _resume_or_start(spec: ClusterSpec, heat: Heat, runtime: Runtime) -> tuple[s
 
 def _create(spec: ClusterSpec, heat: Heat, runtime: Runtime) -> tuple[state.ClusterRecord, StackRef]:
     record = state.ClusterRecord.from_spec(spec, stack_name=spec.name)
+    forget_host_keys(spec.name)  # a floating IP may be recycled: never trust an old key for it
     public_key = ""
     if not spec.ssh.keypair:
         key_file, public_key = keys.ensure_cluster_key(spec.name)
@@ -99,21 +103,18 @@ def render_dir(name: str) -> Path:
 
 
 def prepare_cloud(spec: ClusterSpec, heat: Heat, record: state.ClusterRecord, runtime: Runtime) -> None:
-    """Pre-checks before anything is created."""
-    if cloud.is_local(spec.cloud):
-        from astrostack.local import cloud as local_cloud
-
-        local_cloud.prepare(spec, record, note=runtime.note)
-    else:
-        from astrostack.precheck import precheck
-
-        precheck(spec, heat.conn)
+    """Pre-checks before anything is created, and the application image where the hosts pull it."""
+    precheck(spec, heat.conn)
+    if spec.registry.url:
+        reference, digest = images.ensure_in_registry(spec.application.image, spec.registry.url, note=runtime.note)
+        record.image_digests[reference] = digest
 
 
 def _wait_and_settle(spec: ClusterSpec, heat: Heat, ref: StackRef, record: state.ClusterRecord, keep: bool,
                      runtime: Runtime) -> state.ClusterRecord:
-    probe = DeploymentProbe(heat, ref, servers=server_watch(spec, heat, ref), nodes=node_probe(spec, heat, ref),
-                            host_ids=spec.host_names())
+    manager = manager_access(spec, heat, ref, record)
+    probe = DeploymentProbe(heat, ref, servers=NovaServerWatch(heat.conn, spec.name),
+                            nodes=probe_for(spec, manager), host_ids=spec.host_names())
     try:
         readiness = wait_until_ready(
             probe, Targets(spec.hosts, spec.nodes), Deadlines.from_spec(spec),
@@ -127,10 +128,21 @@ def _wait_and_settle(spec: ClusterSpec, heat: Heat, ref: StackRef, record: state
         runtime.note(f"interrupted: stack {ref.name} exists; `astrostack status {spec.name}` or `astrostack down {spec.name}`")
         raise
     record.status = "ready"
+    record.manager_address = manager.access().address
     record.hosts_ready = readiness.observation.hosts_signalled if readiness.observation else spec.hosts
     record.nodes_ready = readiness.observation.nodes_ready if readiness.observation else spec.nodes
     state.save(record)
     return record
+
+
+def manager_access(spec: ClusterSpec, heat: Heat, ref: StackRef, record: state.ClusterRecord) -> StackManagerAccess:
+    """SSH to the manager, at the floating IP the stack reports once it has one."""
+    known = record.manager_address
+
+    def address() -> Optional[str]:
+        return known or heat.outputs(ref).get("manager_floating_ip")
+
+    return StackManagerAccess(spec.name, spec.servers.user, record.ssh_private_key_path, address)
 
 
 def _recording(record: state.ClusterRecord, sink: Optional[EventSink]) -> EventSink:
@@ -146,23 +158,6 @@ def _recording(record: state.ClusterRecord, sink: Optional[EventSink]) -> EventS
             sink(event)
 
     return on_event
-
-
-def server_watch(spec: ClusterSpec, heat: Heat, ref: StackRef) -> ServerWatch:
-    if cloud.is_local(spec.cloud):
-        from astrostack.local.cloud import LocalServerWatch
-
-        return LocalServerWatch(spec.name)
-    return NovaServerWatch(heat.conn, spec.name)
-
-
-def node_probe(spec: ClusterSpec, heat: Heat, ref: StackRef) -> NodeProbe:
-    """The cluster-level probe where one exists for the cloud, else signals."""
-    try:
-        from astrostack.cluster.probe import probe_for
-    except ImportError:
-        return SignalNodeProbe(heat, ref, spec.ranks_per_host())
-    return probe_for(spec, heat, ref) or SignalNodeProbe(heat, ref, spec.ranks_per_host())
 
 
 def _settle_failure(spec: ClusterSpec, heat: Heat, ref: StackRef, record: state.ClusterRecord, keep: bool,
@@ -230,11 +225,7 @@ def _collect_consoles(spec: ClusterSpec, heat: Heat, folder: Path, notes: list[s
     consoles = folder / "consoles"
     consoles.mkdir(parents=True, exist_ok=True)
     try:
-        if cloud.is_local(spec.cloud):
-            from astrostack.local.cloud import console_logs
-        else:
-            from astrostack.precheck import console_logs
-        for server, text in console_logs(spec.name, heat.conn).items():
+        for server, text in nova_console_logs(spec.name, heat.conn).items():
             (consoles / f"{server}.log").write_text(text)
     except (AstrostackError, OSError) as exc:
         notes.append(f"consoles: {exc}")
@@ -279,14 +270,10 @@ def teardown(name: str, cloud_name: str, heat: Heat, ref: Optional[StackRef], *,
     """Delete the stack (retrying DELETE_FAILED), then sweep what is left by tag."""
     if ref is not None:
         _delete_stack(name, cloud_name, heat, ref, deadline_s, runtime, force)
-    result = sweep(sweeper_for(cloud_name, heat.conn), name)
+    result = sweep(OpenStackSweeper(heat.conn), name)
     if result.failed:
         item, reason = result.failed[0]
         raise CloudError(f"{len(result.failed)} leftover(s) of {name} could not be deleted, first {item.kind} {item.name}: {reason}")
-    if cloud.is_local(cloud_name):
-        from astrostack.local.cloud import remove_share
-
-        remove_share(name)
     return result
 
 
@@ -301,7 +288,7 @@ def _delete_stack(name: str, cloud_name: str, heat: Heat, ref: StackRef, deadlin
         runtime.note(f"delete of stack {name} failed (try {attempt}/{DELETE_RETRIES}): {reason}")
         if force:
             # Servers first: they hold ports and volume attachments Heat could not release.
-            sweep(sweeper_for(cloud_name, heat.conn), name)
+            sweep(OpenStackSweeper(heat.conn), name)
     _, reason = heat.status(ref)
     raise CloudError(f"stack {name} is DELETE_FAILED after {DELETE_RETRIES} tries: {reason}",
                      hint=f"`astrostack down {name} --force`")
@@ -326,7 +313,16 @@ def down(name: str, *, cloud_name: Optional[str] = None, force: bool = False,
         result = teardown(name, cloud_name, heat, ref, deadline_s=spec_timeout, runtime=runtime, force=force)
         state.delete(name)
         keys.forget_cluster_key(name)
+        forget_host_keys(name)
         return result
+
+
+def sweep_cloud(cloud_name: str, *, dry_run: bool, runtime: Runtime | None = None) -> SweepResult:
+    """Leftovers of every cluster that has no live stack in CLOUD_NAME (deleted unless DRY_RUN)."""
+    runtime = runtime or Runtime()
+    heat = Heat(runtime.connect(cloud_name), sleep=runtime.sleep)
+    live = {s["stack_name"] for s in heat.list_stacks() if s.get("stack_status") != "DELETE_COMPLETE"}
+    return sweep(OpenStackSweeper(heat.conn), None, live_clusters=live, dry_run=dry_run)
 
 
 # scale and rollback -------------------------------------------------------------

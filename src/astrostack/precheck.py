@@ -1,7 +1,8 @@
-"""Pre-checks on a real cloud, before anything is created: the image,
-flavors, external network and keypair exist, and the project's quotas hold
-the plan (instances, cores, RAM, floating IPs, ports, security groups and
-rules, volumes, gigabytes) — the commonest cause of stacks stuck half-built.
+"""Pre-checks, before anything is created: the credentials can do what Heat
+needs (trusts), the image is one astrostack's cloud-init runs on, flavors,
+external network and keypair exist, and the project's quotas hold the plan
+(instances, cores, RAM, floating IPs, ports, security groups and rules,
+volumes, gigabytes) — the commonest causes of stacks stuck half-built.
 """
 
 from __future__ import annotations
@@ -9,14 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
 from openstack import exceptions as os_exc
 
+from astrostack import paths
 from astrostack.errors import CloudError, PrecheckFailed
 from astrostack.spec import ClusterSpec
 
-# Security-group rules in cluster.yaml, plus the two egress rules Neutron adds to each group.
-SECURITY_GROUPS = 3
-SECURITY_GROUP_RULES = 8 + 2 + 5 + 2 * SECURITY_GROUPS
+# Neutron adds two egress rules (IPv4, IPv6) to every new security group.
+NEUTRON_DEFAULT_EGRESS_RULES = 2
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class Need:
 def precheck(spec: ClusterSpec, conn: Any) -> list[Need]:
     """Raise :class:`PrecheckFailed` naming the first missing thing or quota."""
     try:
+        check_credentials(conn)
         flavors = _check_names(spec, conn)
         needs = plan_needs(spec, flavors)
         free = free_quota(conn)
@@ -48,12 +51,41 @@ def precheck(spec: ClusterSpec, conn: Any) -> list[Need]:
     return checked
 
 
+def check_credentials(conn: Any) -> None:
+    """Heat creates a Keystone trust for every stack (its default deferred auth);
+    a restricted application credential may not, and the stack would fail at
+    its first resource: say so before, with what to create instead."""
+    auth = conn.config.get_auth_args()
+    credential = auth.get("application_credential_id") or auth.get("application_credential_name")
+    if not credential:
+        return
+    try:
+        found = conn.identity.find_application_credential(conn.current_user_id, credential, ignore_missing=True)
+    except os_exc.HttpException:
+        return  # this credential may not read itself: Heat will tell
+    if found is not None and not found.unrestricted:
+        raise PrecheckFailed(
+            f"clouds.yaml: application credential {found.name!r} is restricted and cannot create the trust Heat "
+            "needs for a stack",
+            hint="create one Heat can use: `openstack application credential create --unrestricted NAME` "
+                 "(or log in with a password)")
+
+
+# The host scripts use apt-get and Debian's package names.
+SUPPORTED_DISTROS = ("debian", "ubuntu")
+
+
 def _check_names(spec: ClusterSpec, conn: Any) -> dict[str, Any]:
     servers = spec.servers
     for role in ("manager", "worker", "nfs"):
-        image = getattr(servers, role).image or servers.image
-        if conn.image.find_image(image) is None:
-            raise PrecheckFailed(f"servers.{role}.image: no image {image!r} in cloud {spec.cloud}")
+        name = getattr(servers, role).image or servers.image
+        image = conn.image.find_image(name)
+        if image is None:
+            raise PrecheckFailed(f"servers.{role}.image: no image {name!r} in cloud {spec.cloud}")
+        distro = (getattr(image, "os_distro", None) or "").lower()
+        if distro and distro not in SUPPORTED_DISTROS:
+            raise PrecheckFailed(f"servers.{role}.image: {name!r} is {distro}; astrostack's cloud-init needs a "
+                                 f"Debian-family image ({', '.join(SUPPORTED_DISTROS)})")
     flavors = {}
     for role in ("manager", "worker", "nfs"):
         name = getattr(servers, role).flavor
@@ -73,6 +105,7 @@ def _check_names(spec: ClusterSpec, conn: Any) -> dict[str, Any]:
 
 def plan_needs(spec: ClusterSpec, flavors: dict[str, Any]) -> dict[str, int]:
     manager, worker, nfs = flavors["manager"], flavors["worker"], flavors["nfs"]
+    groups, rules = security_group_plan(spec.mode.value)
     return {
         "instances": spec.hosts + 1,
         "cores": manager.vcpus + worker.vcpus * spec.workers + nfs.vcpus,
@@ -81,8 +114,8 @@ def plan_needs(spec: ClusterSpec, flavors: dict[str, Any]) -> dict[str, int]:
         "ports": spec.hosts + 1 + 3,  # hosts, NFS, router interface, DHCP, gateway
         "networks": 1,
         "routers": 1,
-        "security_groups": SECURITY_GROUPS,
-        "security_group_rules": SECURITY_GROUP_RULES,
+        "security_groups": groups,
+        "security_group_rules": rules,
         "volumes": 1,
         "gigabytes": spec.nfs.volume_size_gb,
     }
@@ -115,14 +148,21 @@ def _left(limit: int | None, used: int | None) -> int:
     return max(0, limit - (used or 0))
 
 
-def console_logs(cluster: str, conn: Any, length: int = 200) -> dict[str, str]:
-    """The console output of each of the cluster's servers (real clouds)."""
-    logs = {}
-    for server in conn.compute.servers(details=True, name=f"^{cluster}-"):
-        if (server.metadata or {}).get("astrostack_cluster") != cluster:
-            continue
-        try:
-            logs[server.name] = conn.compute.get_server_console_output(server, length=length).get("output", "")
-        except os_exc.SDKException as exc:
-            logs[server.name] = f"(console output unavailable: {exc})"
-    return logs
+def security_group_plan(mode: str) -> tuple[int, int]:
+    """(security groups, their rules) heat_templates/cluster.yaml creates in MODE,
+    Neutron's default egress rules included: counted from the template itself."""
+    template = yaml.safe_load((paths.heat_templates_dir() / "cluster.yaml").read_text())
+    conditions = {"mpi_mode": mode == "mpi"}
+    groups = [r for r in template["resources"].values() if r["type"] == "OS::Neutron::SecurityGroup"]
+    rules = sum(len(_evaluated(g["properties"].get("rules", []), conditions)) for g in groups)
+    return len(groups), rules + NEUTRON_DEFAULT_EGRESS_RULES * len(groups)
+
+
+def _evaluated(value: Any, conditions: dict[str, bool]) -> list[Any]:
+    """A rules list with HOT's list_concat and if resolved."""
+    if isinstance(value, dict) and "list_concat" in value:
+        return [item for part in value["list_concat"] for item in _evaluated(part, conditions)]
+    if isinstance(value, dict) and "if" in value:
+        condition, when_true, when_false = value["if"]
+        return _evaluated(when_true if conditions[condition] else when_false, conditions)
+    return list(value)

@@ -5,8 +5,8 @@ requests whatever the number of hosts:
 
 * Heat: the stack, its resources (one nested list) and the hosts' and the
   NFS server's wait-condition handles (4 requests);
-* servers: one listing of the cluster's servers, to see a VM that died
-  after it booted (Nova on a real cloud, Docker labels on the local cloud);
+* servers: one listing of the cluster's servers in Nova, to see a VM that
+  died after it booted;
 * nodes: a :class:`NodeProbe` (Swarm tasks / MPI containers + an mpirun
   smoke test, from :mod:`astrostack.cluster`), asked only in the nodes phase.
 """
@@ -17,6 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Optional, Protocol
 
+from openstack import exceptions as os_exc
+
+from astrostack import marks
 from astrostack import stack as heat_stack
 from astrostack.monitor import NODES, Observation
 from astrostack.stack import Heat, StackRef
@@ -55,7 +58,7 @@ class NovaServerWatch:
     def dead_servers(self) -> list[tuple[str, str]]:
         dead = []
         for server in self.conn.compute.servers(details=True, name=f"^{self.cluster}-"):
-            if (server.metadata or {}).get("astrostack_cluster") != self.cluster:
+            if (server.metadata or {}).get(marks.METADATA_KEY) != self.cluster:
                 continue
             if server.status in ("ERROR", "SHUTOFF"):
                 fault = (server.fault or {}).get("message", "") if hasattr(server, "fault") else ""
@@ -63,18 +66,17 @@ class NovaServerWatch:
         return dead
 
 
-class SignalNodeProbe:
-    """Nodes counted from the hosts' signals (used until a cluster probe
-    can look at the containers): a signalled host brings its ranks."""
-
-    def __init__(self, heat: Heat, ref: StackRef, ranks_per_host: list[int]):
-        self.heat = heat
-        self.ref = ref
-        self.ranks = ranks_per_host
-
-    def observe_nodes(self) -> NodeView:
-        ok, _ = heat_stack.signal_counts(self.heat.handle_signals(self.ref))
-        return NodeView(ready=sum(self.ranks[:ok]), smoke_ok=ok >= len(self.ranks), requests=1)
+def nova_console_logs(cluster: str, conn: Any, length: int = 200) -> dict[str, str]:
+    """The console output of each of the cluster's servers, as Nova tells it."""
+    logs = {}
+    for server in conn.compute.servers(details=True, name=f"^{cluster}-"):
+        if (server.metadata or {}).get(marks.METADATA_KEY) != cluster:
+            continue
+        try:
+            logs[server.name] = conn.compute.get_server_console_output(server, length=length).get("output", "")
+        except os_exc.SDKException as exc:
+            logs[server.name] = f"(console output unavailable: {exc})"
+    return logs
 
 
 class DeploymentProbe:

@@ -18,7 +18,7 @@ from typing import Any
 import jinja2
 import yaml
 
-from astrostack import __version__, paths
+from astrostack import __version__, marks, paths
 from astrostack.errors import InvalidInput, TemplateError
 from astrostack.spec import ClusterSpec
 
@@ -103,13 +103,15 @@ def host_env(spec: ClusterSpec, role: str) -> dict[str, Any]:
         "VOLUME_ID": "__ASTROSTACK_VOLUME_ID__" if role == "nfs" else "",
         "OVERLAY_NAME": spec.overlay.name,
         "OVERLAY_SUBNET": spec.overlay.subnet,
-        "OVERLAY_ENCRYPTED": str(spec.overlay_encrypted).lower(),
+        "OVERLAY_ENCRYPTED": str(spec.overlay.encrypted).lower(),
         "REGISTRY": spec.registry.url or "",
         "REGISTRY_INSECURE": str(spec.registry.insecure).lower(),
         "APP_IMAGE": spec.application.image,
         "NODES_TIMEOUT": spec.timeouts.nodes_ready,
+        "PACKAGES": " ".join(ROLE_PACKAGES[role]),
+        "INSTALL_PACKAGES": str(spec.servers.install_packages).lower(),
     }
-    for fault in spec.local.faults:
+    for fault in spec.faults:
         env[f"FAULT_{fault.host.replace('-', '_')}"] = fault.fault
     return env
 
@@ -123,8 +125,6 @@ def render_user_data(spec: ClusterSpec, role: str, env: jinja2.Environment | Non
             spec=spec,
             role=role,
             version=__version__,
-            install_packages=spec.install_packages,
-            packages=ROLE_PACKAGES[role],
             env=host_env(spec, role),
             scripts=scripts,
             role_scripts=ROLE_SCRIPTS[role],
@@ -149,9 +149,9 @@ def _check_cloud_config(text: str, role: str) -> None:
 def stack_parameters(spec: ClusterSpec, ssh_public_key: str = "") -> dict[str, Any]:
     """The stack's parameters, as written to environment.yaml."""
     servers = spec.servers
-    allowed = spec.ssh.allowed_cidr or spec.network.cidr
     return {
         "cluster_name": spec.name,
+        "cluster_mode": spec.mode.value,
         "cluster_tags": ",".join(cluster_tags(spec)),
         "worker_count": spec.workers,
         "manager_image": servers.manager.image or servers.image,
@@ -165,7 +165,7 @@ def stack_parameters(spec: ClusterSpec, ssh_public_key: str = "") -> dict[str, A
         "external_network": spec.network.external,
         "private_cidr": spec.network.cidr,
         "dns_nameservers": ",".join(spec.network.dns_nameservers),
-        "allowed_ssh_cidr": allowed,
+        "allowed_ssh_cidr": spec.ssh.allowed_cidr,
         "nfs_export_path": spec.nfs.export_path,
         "share_mount_point": spec.nfs.mount_point,
         "nfs_volume_size": spec.nfs.volume_size_gb,
@@ -175,7 +175,7 @@ def stack_parameters(spec: ClusterSpec, ssh_public_key: str = "") -> dict[str, A
 
 
 def cluster_tags(spec: ClusterSpec) -> list[str]:
-    return [f"astrostack-cluster={spec.name}", "astrostack", *spec.tags]
+    return [marks.cluster_tag(spec.name), marks.GENERIC_TAG, *spec.tags]
 
 
 def stack_tags(spec: ClusterSpec) -> list[str]:
@@ -183,22 +183,11 @@ def stack_tags(spec: ClusterSpec) -> list[str]:
 
 
 def environment(spec: ClusterSpec, ssh_public_key: str = "") -> dict[str, Any]:
-    registry: dict[str, Any] = {"Astrostack::Worker": "lib/worker.yaml"}
-    if spec.cloud == "local":
-        registry.update(local_resource_registry())
+    """The same for every cloud: parameters and the nested worker template."""
     return {
         "parameters": stack_parameters(spec, ssh_public_key),
-        "resource_registry": registry,
+        "resource_registry": {"Astrostack::Worker": "lib/worker.yaml"},
     }
-
-
-def local_resource_registry() -> dict[str, str]:
-    """Stand-ins of the local cloud (Nova, Neutron, Cinder types only)."""
-    path = paths.heat_templates_dir() / "local-environment.yaml"
-    if not path.exists():
-        raise InvalidInput(f"{path} is missing: the local cloud's resource registry")
-    data = yaml.safe_load(path.read_text()) or {}
-    return dict(data.get("resource_registry", {}))
 
 
 def render(spec: ClusterSpec, out_dir: str | Path, ssh_public_key: str = "") -> Rendered:

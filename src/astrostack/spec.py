@@ -15,13 +15,16 @@ import math
 import re
 from enum import Enum
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from astrostack.errors import SpecError
 from astrostack.yamlio import parse_yaml, read_yaml
 
+# Where this machine's traffic reaches the local cloud's floating IPs from
+# (the external network's gateway, see docs/local-cloud.md).
+LOCAL_CLOUD_SOURCE = "172.24.4.1/32"
 DNS_LABEL = re.compile(r"^[a-z]([a-z0-9-]{0,30}[a-z0-9])?$")
 TAG = re.compile(r"^[A-Za-z0-9_.:=-]{1,60}$")
 
@@ -71,10 +74,10 @@ class Servers(_Section):
     worker: ServerRole = ServerRole(flavor="m1.large")
     nfs: ServerRole = ServerRole(flavor="m1.small")
     user: str = Field(default="debian", min_length=1, description="Login user of the image.")
-    install_packages: Optional[bool] = Field(
-        default=None,
-        description="apt-get update + install docker.io/nfs-common at boot; "
-        "null: yes on real clouds, no on the local cloud (its VM image has them).",
+    install_packages: bool = Field(
+        default=True,
+        description="Install at boot the packages a role needs (docker.io, nfs-common, ...) that "
+        "the image lacks; false: the image must have them all (a host fails, naming them, otherwise).",
     )
 
 
@@ -86,8 +89,8 @@ class Ssh(_Section):
     )
     allowed_cidr: Optional[str] = Field(
         default=None,
-        description="Who may SSH to the manager's floating IP, e.g. 203.0.113.7/32. "
-        "Required on real clouds.",
+        description="Who may SSH to the manager's floating IP, e.g. 203.0.113.7/32: the address "
+        "astrostack itself reaches the cluster from. Required.",
     )
 
     @field_validator("allowed_cidr")
@@ -138,7 +141,11 @@ class Nfs(_Section):
 class Overlay(_Section):
     name: str = Field(default="astro-net", description="Name of the Swarm overlay network.")
     subnet: str = Field(default="10.0.9.0/24", description="Overlay subnet; must hold every node.")
-    encrypted: bool = Field(default=True, description="IPsec-encrypt overlay traffic between hosts.")
+    encrypted: Union[Literal["auto"], bool] = Field(
+        default="auto",
+        description="IPsec-encrypt overlay traffic between hosts. auto: encrypt where the hosts' "
+        "kernel can (ESP with AES-GCM), else plain and reported; true: a host whose kernel cannot fails.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -211,12 +218,6 @@ class Fault(_Section):
     fault: FaultKind
 
 
-class Local(_Section):
-    """Only for `cloud: local`: fault injection to see how a cluster fails."""
-
-    faults: list[Fault] = Field(default_factory=list)
-
-
 class ClusterSpec(_Section):
     """An astrostack cluster."""
 
@@ -235,7 +236,8 @@ class ClusterSpec(_Section):
     timeouts: Timeouts = Timeouts()
     on_failure: OnFailure = Field(default=OnFailure.rollback, description="`rollback` (delete everything) or `keep` for debugging.")
     tags: list[str] = Field(default_factory=list, description="Extra tags on every taggable resource.")
-    local: Local = Local()
+    faults: list[Fault] = Field(default_factory=list, description="Faults injected on purpose, to see how a "
+                                "cluster fails (tests and demos; any cloud).")
 
     @field_validator("name")
     @classmethod
@@ -265,13 +267,12 @@ class ClusterSpec(_Section):
         _check_overlay_apart_from_network(self)
         _check_network_capacity(self)
         _check_heat_resources(self)
-        if self.cloud != "local" and self.ssh.allowed_cidr is None:
-            raise ValueError("ssh.allowed_cidr: required on a real cloud (e.g. your office /32)")
-        if self.local.faults and self.cloud != "local":
-            raise ValueError("local.faults: only applies to `cloud: local`")
-        for fault in self.local.faults:
+        if self.ssh.allowed_cidr is None:
+            raise ValueError("ssh.allowed_cidr: required: where astrostack reaches the manager's floating IP "
+                             f"from (e.g. your office /32; {LOCAL_CLOUD_SOURCE} on the local cloud)")
+        for fault in self.faults:
             if fault.host not in self.host_names() + ["nfs"]:
-                raise ValueError(f"local.faults: no host {fault.host!r} (hosts: manager, worker-0..worker-{self.workers - 1}, nfs)")
+                raise ValueError(f"faults: no host {fault.host!r} (hosts: manager, worker-0..worker-{self.workers - 1}, nfs)")
         return self
 
     # Derived values -----------------------------------------------------
@@ -280,17 +281,6 @@ class ClusterSpec(_Section):
     def workers(self) -> int:
         """Worker VMs (hosts minus the manager)."""
         return self.hosts - 1
-
-    @property
-    def install_packages(self) -> bool:
-        if self.servers.install_packages is not None:
-            return self.servers.install_packages
-        return self.cloud != "local"
-
-    @property
-    def overlay_encrypted(self) -> bool:
-        """Encryption as deployed: the local cloud's kernel drops ESP traffic."""
-        return self.overlay.encrypted and self.cloud != "local"
 
     def host_names(self) -> list[str]:
         return ["manager"] + [f"worker-{i}" for i in range(self.workers)]
@@ -308,7 +298,7 @@ class ClusterSpec(_Section):
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def fault_for(self, host: str) -> Optional[str]:
-        for fault in self.local.faults:
+        for fault in self.faults:
             if fault.host == host:
                 return fault.fault
         return None
@@ -421,7 +411,7 @@ def json_schema() -> dict[str, Any]:
 
 SPEC_TEMPLATE = """\
 # astrostack cluster spec. Validate: astrostack validate {filename}
-# Every field but `name` has a default; `astrostack spec schema` prints them all.
+# Every field but `name` and `ssh.allowed_cidr` has a default; `astrostack spec schema` prints them all.
 name: {name}                 # DNS-safe, lower case, <= 32 chars; tags every resource
 cloud: {cloud}               # `local` (this machine) or a clouds.yaml cloud name
 mode: swarm                  # swarm: Docker Swarm services; mpi: plain MPI hosts
@@ -451,7 +441,7 @@ nfs:
 overlay:
   name: astro-net
   subnet: 10.0.9.0/24        # a /24 holds about 250 containers
-  encrypted: true            # turned off (and reported) on the local cloud
+  encrypted: auto            # auto: where the hosts' kernel can (reported otherwise)
 
 registry:
   url: null                  # host:port of your registry; null: one runs on the NFS VM
@@ -470,7 +460,7 @@ tags: []
 
 
 def starter_spec(name: str = "my-cluster", cloud: str = "local", filename: str = "cluster.yaml") -> str:
-    allowed = "null" if cloud == "local" else "203.0.113.7/32"
+    allowed = LOCAL_CLOUD_SOURCE if cloud == "local" else "203.0.113.7/32"
     text = SPEC_TEMPLATE.format(name=name, cloud=cloud, allowed=allowed, filename=filename)
     parse_spec(text, source="starter spec")  # the starter must always validate
     return text

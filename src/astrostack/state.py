@@ -78,6 +78,7 @@ class ClusterRecord(BaseModel):
     image_digests: dict[str, str] = Field(default_factory=dict)
     evidence_dir: Optional[str] = None
     ssh_private_key_path: Optional[str] = None
+    manager_address: Optional[str] = None  # the manager's floating IP, once the stack has one
     jobs: list[dict[str, Any]] = Field(default_factory=list)
     created: datetime = Field(default_factory=utcnow)
     updated: datetime = Field(default_factory=utcnow)

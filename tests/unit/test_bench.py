@@ -143,7 +143,8 @@ class FakeCluster:
 def small_matrix(**changes: Any) -> BenchMatrix:
     data = {
         "name": "small",
-        "spec": {"name": "ignored", "cloud": "local", "servers": {"manager": {"flavor": "local"},
+        "spec": {"name": "ignored", "cloud": "local", "ssh": {"allowed_cidr": "172.24.4.1/32"},
+                 "servers": {"manager": {"flavor": "local"},
                                                                    "worker": {"flavor": "local"},
                                                                    "nfs": {"flavor": "local-small"}}},
         "job": {"profile": "mpi", "command": ["/usr/local/bin/mpi_smoke"]},

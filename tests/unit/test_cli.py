@@ -60,7 +60,7 @@ def test_spec_init_writes_a_spec_that_validates(capsys, tmp_path):
 
     assert (code, err) == (0, "")
     spec = load_spec(tmp_path / "cluster.yaml")
-    assert spec.model_dump() == ClusterSpec(name="my-cluster").model_dump()
+    assert spec.model_dump() == ClusterSpec(name="my-cluster", ssh={"allowed_cidr": "172.24.4.1/32"}).model_dump()
 
 
 def test_spec_init_for_a_real_cloud(capsys, tmp_path):

@@ -93,7 +93,7 @@ def test_detection_latency_is_at_most_the_interval_in_effect():
 
 
 def test_deadlines_from_spec():
-    spec = ClusterSpec(name="demo", timeouts={"stack_create": 300, "hosts_ready": 400, "nodes_ready": 120})
+    spec = ClusterSpec(name="demo", ssh={"allowed_cidr": "172.24.4.1/32"}, timeouts={"stack_create": 300, "hosts_ready": 400, "nodes_ready": 120})
 
     assert Deadlines.from_spec(spec) == Deadlines(stack=300, hosts=400, nodes=120, total=820)
 

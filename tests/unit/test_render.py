@@ -22,6 +22,7 @@ import yaml
 
 from astrostack import render as render_module
 from astrostack.errors import EXIT_INVALID_INPUT, InvalidInput, TemplateError
+from astrostack.precheck import _evaluated
 from astrostack.render import ROLES, render, render_user_data
 from astrostack.spec import ClusterSpec, load_spec, spec_from_dict
 from astrostack.validate import Report, check_rendered, fill_placeholders, validate
@@ -29,7 +30,6 @@ from astrostack.validate import Report, check_rendered, fill_placeholders, valid
 ROOT = Path(__file__).resolve().parents[2]
 SAGECAL = ROOT / "examples" / "sagecal-openstack.yaml"
 LOCAL = ROOT / "examples" / "local.yaml"
-LOCAL_ENVIRONMENT = ROOT / "heat_templates" / "local-environment.yaml"
 SCRIPTS = ROOT / "cloud_init" / "scripts"
 PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITestKeyOnly astrostack-test"
 KASI = {"name": "t1", "cloud": "kasi", "ssh": {"allowed_cidr": "198.51.100.0/24"}}
@@ -372,9 +372,19 @@ def _groups_of(node: Any) -> set[str]:
     return {arg for arg in calls(node, "get_resource")}
 
 
+def rules_in_mode(rules: Any, mode: str) -> list[dict[str, Any]]:
+    """A group's rules as Heat resolves them in MODE (list_concat, if mpi_mode)."""
+    return _evaluated(rules, {"mpi_mode": mode == "mpi"})
+
+
+@pytest.fixture(scope="module", params=["swarm", "mpi"])
+def mode(request) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def groups(cluster) -> dict[str, list[dict[str, Any]]]:
-    """The security groups by what they guard, found from where they are attached."""
+def groups(cluster, mode) -> dict[str, list[dict[str, Any]]]:
+    """The security groups by what they guard, found from where they are attached, in one mode."""
     resources = cluster["resources"]
     sgs = set(of_type(cluster, "OS::Neutron::SecurityGroup"))
     manager = _groups_of(resources["manager_port"]["properties"]["security_groups"]) & sgs
@@ -385,7 +395,7 @@ def groups(cluster) -> dict[str, list[dict[str, Any]]]:
     (manager_only,) = manager - workers
     (nfs_only,) = nfs
     assert len({members, manager_only, nfs_only}) == 3
-    return {name: resources[sg]["properties"]["rules"] for name, sg in
+    return {name: rules_in_mode(resources[sg]["properties"]["rules"], mode) for name, sg in
             (("members", members), ("manager", manager_only), ("nfs", nfs_only))}
 
 
@@ -408,15 +418,24 @@ def test_ssh_to_the_manager_only_from_the_allowed_cidr(groups, params, sagecal):
     assert any(_opens(rule, "tcp", 22) for rule in manager_rules)
 
 
-def test_members_talk_swarm_and_ssh_only_to_each_other(groups):
+MODE_PORTS = {
+    "swarm": [("tcp", 22), ("tcp", 2377), ("tcp", 7946), ("udp", 7946), ("udp", 4789), ("50", 1)],
+    "mpi": [("tcp", 22), ("tcp", 2222), ("tcp", 40000), ("tcp", 40999)],
+}
+
+
+def test_members_open_exactly_what_their_mode_uses_and_only_to_each_other(groups, mode):
     members = groups["members"]
+    other = "mpi" if mode == "swarm" else "swarm"
 
     for rule in members:
         assert rule.get("remote_mode") == "remote_group_id", rule
         assert "remote_ip_prefix" not in rule, rule
         assert "remote_group_id" not in rule, f"the members group must point at itself: {rule}"
-    for protocol, port in [("tcp", 22), ("tcp", 2377), ("tcp", 7946), ("udp", 7946), ("udp", 4789)]:
-        assert any(_opens(rule, protocol, port) for rule in members), f"{port}/{protocol} is not open"
+    for protocol, port in MODE_PORTS[mode]:
+        assert any(_opens(rule, protocol, port) for rule in members), f"{mode}: {port}/{protocol} is not open"
+    for protocol, port in set(MODE_PORTS[other]) - set(MODE_PORTS[mode]):
+        assert not any(_opens(rule, protocol, port) for rule in members), f"{mode} opens {other}'s {port}/{protocol}"
 
 
 def test_nfs_only_from_the_private_network(groups, params, sagecal):
@@ -429,9 +448,9 @@ def test_nfs_only_from_the_private_network(groups, params, sagecal):
         assert not any(_opens(rule, "tcp", 2049) for rule in groups[name]), f"{name} opens NFS"
 
 
-def test_no_rule_is_open_to_the_world(cluster, params):
+def test_no_rule_is_open_to_the_world(cluster, params, mode):
     for name, sg in of_type(cluster, "OS::Neutron::SecurityGroup").items():
-        for rule in sg["properties"]["rules"]:
+        for rule in rules_in_mode(sg["properties"]["rules"], mode):
             if rule.get("remote_mode") == "remote_group_id":
                 continue
             assert "remote_ip_prefix" in rule, f"{name}: a rule without a remote is open to 0.0.0.0/0: {rule}"
@@ -554,11 +573,15 @@ def test_runcmd_runs_the_role_script_which_is_embedded_verbatim(out, role):
 
 
 @pytest.mark.parametrize("role", ROLES)
-def test_a_real_cloud_installs_the_packages_the_role_needs(out, role):
-    packages = set(user_data_of(out / "user-data" / f"{role}.yaml")["packages"])
+def test_each_host_installs_the_packages_its_role_needs_when_the_image_lacks_them(out, role):
+    data = user_data_of(out / "user-data" / f"{role}.yaml")
+    env = cluster_env(data)
 
-    needed = {"nfs": {"nfs-kernel-server"}, "manager": {"docker.io", "nfs-common"}, "worker": {"docker.io", "nfs-common"}}
-    assert needed[role] <= packages
+    needed = {"nfs": {"nfs-kernel-server", "docker-registry"}, "manager": {"docker.io", "nfs-common"},
+              "worker": {"docker.io", "nfs-common"}}
+    assert needed[role] <= set(env["PACKAGES"].split())
+    assert env["INSTALL_PACKAGES"] == "true"
+    assert "packages" not in data, "no cloud-init apt run: the host script installs only what is missing"
 
 
 @cloud_init
@@ -631,14 +654,13 @@ def test_cloud_init_accepts_mpi_user_data(mpi_out, role, tmp_path):
 def test_faults_reach_every_host_as_fault_variables():
     spec = spec_from_dict(
         {
+            **KASI,
             "name": "faulty",
-            "local": {
-                "faults": [
-                    {"host": "worker-1", "fault": "never-signal"},
-                    {"host": "nfs", "fault": "cloud-init-fail"},
-                    {"host": "manager", "fault": "die-after-boot"},
-                ]
-            },
+            "faults": [
+                {"host": "worker-1", "fault": "never-signal"},
+                {"host": "nfs", "fault": "cloud-init-fail"},
+                {"host": "manager", "fault": "die-after-boot"},
+            ],
         }
     )
     for role in ROLES:
@@ -658,21 +680,19 @@ def test_values_with_shell_characters_are_quoted_for_bash(tmp_path):
     assert env["APP_IMAGE"] == spec.application.image
 
 
-@pytest.mark.skipif(not LOCAL_ENVIRONMENT.exists(), reason=f"{LOCAL_ENVIRONMENT.name} not written yet")
-def test_local_example_renders_for_the_local_cloud(tmp_path):
+def test_the_local_example_renders_what_any_cloud_gets(tmp_path, sagecal):
     spec = load_spec(LOCAL)
     rendered = render(spec, tmp_path / "local", ssh_public_key=PUBLIC_KEY)
+    real = render(sagecal, tmp_path / "real", ssh_public_key=PUBLIC_KEY)
     environment = load(rendered.environment)
-    registry = environment["resource_registry"]
-    local_types = load(LOCAL_ENVIRONMENT)["resource_registry"]
 
-    assert registry["Astrostack::Worker"] == "lib/worker.yaml"
-    assert {k: v for k, v in registry.items() if k != "Astrostack::Worker"} == local_types
+    assert environment["resource_registry"] == load(real.environment)["resource_registry"] == {
+        "Astrostack::Worker": "lib/worker.yaml"}
+    assert (rendered.template.read_text(), (rendered.directory / "lib" / "worker.yaml").read_text()) == (
+        real.template.read_text(), (real.directory / "lib" / "worker.yaml").read_text())
     for role in ROLES:
-        data = user_data_of(rendered.user_data[role])
-        assert "packages" not in data, "the local VM image has its packages"
-        assert cluster_env(data)["OVERLAY_ENCRYPTED"] == "false"
-    assert environment["parameters"]["allowed_ssh_cidr"] == spec.network.cidr
+        assert cluster_env(user_data_of(rendered.user_data[role]))["OVERLAY_ENCRYPTED"] == "auto"
+    assert environment["parameters"]["allowed_ssh_cidr"] == "172.24.4.1/32"
     report = Report()
     check_rendered(rendered, report)
     assert report.failures() == []

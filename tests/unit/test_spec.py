@@ -30,6 +30,9 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SOURCE = "bad.yaml"
 # A valid spec on a real cloud: everything a bad case changes starts from here.
 KASI = {"name": "t1", "cloud": "kasi", "ssh": {"allowed_cidr": "198.51.100.0/24"}}
+# What every spec must say besides its name.
+SSH = {"allowed_cidr": "172.24.4.1/32"}
+REQUIRED = {"ssh": SSH}
 
 
 def without(data: dict, dotted: str) -> dict:
@@ -62,7 +65,7 @@ def blamed_field(error: SpecError) -> str:
 
 
 def test_only_name_is_required_and_defaults_are_the_documented_ones():
-    spec = ClusterSpec(name="demo")
+    spec = ClusterSpec(name="demo", ssh=SSH)
 
     assert (spec.cloud, spec.mode, spec.hosts, spec.nodes) == ("local", Mode.swarm, 3, 12)
     assert spec.on_failure is OnFailure.rollback
@@ -72,32 +75,32 @@ def test_only_name_is_required_and_defaults_are_the_documented_ones():
         "m1.large",
         "m1.small",
     )
-    assert spec.ssh.keypair is None and spec.ssh.allowed_cidr is None
+    assert spec.ssh.keypair is None
     assert spec.network.cidr == "10.10.0.0/24" and spec.network.dns_nameservers == ["8.8.8.8"]
     assert (spec.nfs.volume_size_gb, spec.nfs.export_path, spec.nfs.mount_point) == (100, "/export/share", "/mnt/share")
-    assert (spec.overlay.name, spec.overlay.subnet, spec.overlay.encrypted) == ("astro-net", "10.0.9.0/24", True)
+    assert (spec.overlay.name, spec.overlay.subnet, spec.overlay.encrypted) == ("astro-net", "10.0.9.0/24", "auto")
     assert spec.registry.url is None and spec.registry.insecure is True
     assert spec.application.image == "astrostack/mpi-base:latest" and spec.application.slots_per_node == 1
     timeouts = spec.timeouts
     assert (timeouts.stack_create, timeouts.hosts_ready, timeouts.nodes_ready, timeouts.delete) == (900, 900, 600, 600)
     assert timeouts.total == 900 + 900 + 600
-    assert spec.tags == [] and spec.local.faults == []
+    assert spec.tags == [] and spec.faults == []
+    assert spec.servers.install_packages is True
 
 
-def test_the_local_cloud_skips_packages_and_overlay_encryption_a_real_cloud_keeps_them():
-    local = ClusterSpec(name="demo")
+def test_every_cloud_gets_the_same_defaults_for_packages_and_encryption():
+    local = ClusterSpec(name="demo", ssh=SSH)
     real = spec_from_dict(KASI)
 
-    assert (local.install_packages, local.overlay_encrypted) == (False, False)
-    assert (real.install_packages, real.overlay_encrypted) == (True, True)
-    forced = spec_from_dict({"name": "demo", "servers": {"install_packages": True}})
-    assert forced.install_packages is True
+    assert (local.servers.install_packages, local.overlay.encrypted) == (True, "auto")
+    assert (real.servers.install_packages, real.overlay.encrypted) == (True, "auto")
+    assert spec_from_dict(merged(KASI, {"overlay": {"encrypted": True}})).overlay.encrypted is True
 
 
 @pytest.mark.parametrize(("hosts", "nodes"), [(1, 1), (3, 12), (12, 96), (5, 17), (7, 7), (12, 1000), (100, 400)])
 def test_ranks_spread_over_every_host_evenly_manager_first(hosts, nodes):
     spec = spec_from_dict(
-        {"name": "spread", "hosts": hosts, "nodes": nodes, "overlay": {"subnet": "10.0.12.0/22"},
+        {**REQUIRED, "name": "spread", "hosts": hosts, "nodes": nodes, "overlay": {"subnet": "10.0.12.0/22"},
          "network": {"cidr": "10.10.0.0/23"}}
     )
     ranks = spec.ranks_per_host()
@@ -139,17 +142,17 @@ def test_spec_hash_changes_with_any_field(change):
 
 
 def test_a_default_written_out_hashes_like_the_default_left_out():
-    assert spec_from_dict({"name": "demo"}).spec_hash() == spec_from_dict({"name": "demo", "hosts": 3}).spec_hash()
+    assert spec_from_dict({**REQUIRED, "name": "demo"}).spec_hash() == spec_from_dict({**REQUIRED, "name": "demo", "hosts": 3}).spec_hash()
 
 
 def test_trailing_slashes_of_paths_are_dropped():
-    spec = spec_from_dict({"name": "demo", "nfs": {"mount_point": "/mnt/share/", "export_path": "/export/x/"}})
+    spec = spec_from_dict({**REQUIRED, "name": "demo", "nfs": {"mount_point": "/mnt/share/", "export_path": "/export/x/"}})
 
     assert (spec.nfs.mount_point, spec.nfs.export_path) == ("/mnt/share", "/export/x")
 
 
 def test_heat_limit_allows_exactly_up_to_the_advertised_host_count():
-    big = {"name": "big", "overlay": {"subnet": "10.1.0.0/16"}, "network": {"cidr": "10.10.0.0/16"}}
+    big = {**REQUIRED, "name": "big", "overlay": {"subnet": "10.1.0.0/16"}, "network": {"cidr": "10.10.0.0/16"}}
     error = pytest.raises(SpecError, spec_from_dict, merged(big, {"hosts": 400, "nodes": 400})).value
     max_hosts = int(str(error).rsplit("use at most ", 1)[1].split()[0])
 
@@ -161,16 +164,16 @@ def test_heat_limit_allows_exactly_up_to_the_advertised_host_count():
 
 def test_overlay_capacity_boundary_is_where_the_message_says():
     # A /24 holds 256 addresses: 3 reserved and one per host.
-    fits = spec_from_dict({"name": "o", "hosts": 3, "nodes": 256 - 3 - 3})
+    fits = spec_from_dict({**REQUIRED, "name": "o", "hosts": 3, "nodes": 256 - 3 - 3})
     assert fits.nodes == 250
-    error = pytest.raises(SpecError, spec_from_dict, {"name": "o", "hosts": 3, "nodes": 251}, SOURCE).value
+    error = pytest.raises(SpecError, spec_from_dict, {**REQUIRED, "name": "o", "hosts": 3, "nodes": 251}, SOURCE).value
     assert blamed_field(error) == "overlay.subnet"
     suggested = str(error).rsplit("use a /", 1)[1].split()[0]
-    spec_from_dict({"name": "o", "hosts": 3, "nodes": 251, "overlay": {"subnet": f"10.0.8.0/{suggested}"}})
+    spec_from_dict({**REQUIRED, "name": "o", "hosts": 3, "nodes": 251, "overlay": {"subnet": f"10.0.8.0/{suggested}"}})
 
 
 def test_mpi_mode_needs_no_overlay_room():
-    spec = spec_from_dict({"name": "m", "mode": "mpi", "hosts": 3, "nodes": 3000})
+    spec = spec_from_dict({**REQUIRED, "name": "m", "mode": "mpi", "hosts": 3, "nodes": 3000})
 
     assert spec.mode is Mode.mpi and sum(spec.ranks_per_host()) == 3000
 
@@ -181,7 +184,7 @@ def test_mpi_mode_needs_no_overlay_room():
 def test_starter_spec_validates_and_spells_out_the_defaults():
     starter = parse_spec(starter_spec())
 
-    assert starter.model_dump() == ClusterSpec(name="my-cluster").model_dump()
+    assert starter.model_dump() == ClusterSpec(name="my-cluster", ssh=SSH).model_dump()
 
 
 def test_starter_spec_for_a_real_cloud_validates_with_an_ssh_cidr():
@@ -235,7 +238,7 @@ def test_json_schema_is_a_closed_draft_2020_12_object_schema():
 def test_json_schema_enums_and_defaults_match_the_model():
     schema = json_schema()
     props = schema["properties"]
-    defaults = ClusterSpec(name="x")
+    defaults = ClusterSpec(name="x", ssh=SSH)
 
     assert set(_resolve(schema, props["mode"])["enum"]) == {m.value for m in Mode}
     assert set(_resolve(schema, props["on_failure"])["enum"]) == {o.value for o in OnFailure}
@@ -303,12 +306,10 @@ BAD_SPECS = [
     ("cloud-name-with-space", merged(KASI, {"cloud": "my cloud"}), "cloud"),
     ("section-not-a-mapping", merged(KASI, {"servers": "big"}), "servers"),
     ("role-without-flavor", merged(KASI, {"servers": {"manager": {"image": "debian-12"}}}), "servers.manager.flavor"),
-    ("faults-on-a-real-cloud", merged(KASI, {"local": {"faults": [{"host": "manager", "fault": "never-signal"}]}}),
-     "local.faults"),
-    ("fault-unknown-host", {"name": "l", "local": {"faults": [{"host": "worker-7", "fault": "never-signal"}]}},
-     "local.faults"),
-    ("fault-wrong-kind", {"name": "l", "local": {"faults": [{"host": "manager", "fault": "explode"}]}},
-     "local.faults.0.fault"),
+    ("no-allowed-cidr", {"name": "l"}, "ssh.allowed_cidr"),
+    ("fault-unknown-host", merged(KASI, {"faults": [{"host": "worker-7", "fault": "never-signal"}]}), "faults"),
+    ("fault-wrong-kind", merged(KASI, {"faults": [{"host": "manager", "fault": "explode"}]}), "faults.0.fault"),
+    ("local-section-is-gone", merged(KASI, {"local": {"faults": []}}), "local"),
 ]
 
 # Specs that validate today but should not (src/ bugs): see the reasons.

@@ -23,9 +23,11 @@ def home(tmp_path, monkeypatch):
     monkeypatch.setenv("ASTROSTACK_HOME", str(tmp_path))
     return tmp_path
 
+SSH = {"allowed_cidr": "172.24.4.1/32"}
+
 
 def new_record(name: str = "demo") -> state.ClusterRecord:
-    return state.ClusterRecord.from_spec(ClusterSpec(name=name, hosts=3, nodes=12), stack_name=f"astro-{name}")
+    return state.ClusterRecord.from_spec(ClusterSpec(name=name, hosts=3, nodes=12, ssh=SSH), stack_name=f"astro-{name}")
 
 
 def mode(path) -> int:
@@ -42,7 +44,7 @@ def test_save_then_load_round_trips_the_record():
 
     assert loaded == record
     assert loaded.spec["hosts"] == 3 and loaded.hosts_target == 3 and loaded.nodes_target == 12
-    assert loaded.spec_hash == ClusterSpec(name="demo", hosts=3, nodes=12).spec_hash()
+    assert loaded.spec_hash == ClusterSpec(name="demo", hosts=3, nodes=12, ssh=SSH).spec_hash()
 
 
 def test_state_file_is_0600_in_a_0700_directory(home):

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import os
-import shlex
-from typing import Optional
 
 import typer
 
 from astrostack.cli.common import console
 from astrostack.cluster import swarm
-from astrostack.cluster.access import LocalAccess, cluster_access
+from astrostack.cluster.access import cluster_access, host_access
 from astrostack.errors import InvalidInput, JobFailed
 
 
@@ -41,11 +39,10 @@ def exec_cmd(
 
 def ssh(
     name: str = typer.Argument(..., help="Cluster name."),
-    host: Optional[str] = typer.Argument(None, help="manager (default), worker-N or nfs; on a real cloud, an address."),
+    host: str = typer.Argument("manager", help="manager (default), worker-N, nfs, or a private address."),
 ) -> None:
-    """An interactive shell on a host of the cluster."""
-    _, access = cluster_access(name)
-    argv = access.interactive_argv(host)
+    """An interactive shell on a host of the cluster (others than the manager through it)."""
+    argv = host_access(name, host).interactive_argv()
     os.execvp(argv[0], argv)
 
 
@@ -55,15 +52,11 @@ def logs(
     lines: int = typer.Option(200, help="Lines from the end of each log."),
 ) -> None:
     """cloud-init output, the host's astrostack logs and its containers' logs."""
-    spec, access = cluster_access(name)
     script = (
-        f"for f in /var/log/cloud-init-output.log /var/log/astrostack-nodes.log /var/log/dockerd.log; do "
+        f"for f in /var/log/cloud-init-output.log /var/log/astrostack-nodes.log; do "
         f'[ -f "$f" ] && {{ echo "== $f"; tail -n {lines} "$f"; }}; done; '
+        f'echo "== journal of docker"; journalctl -u docker --no-pager -n {lines} 2>/dev/null; '
         f"for c in $(docker ps -aq 2>/dev/null); do echo \"== container $(docker inspect -f '{{{{.Name}}}}' $c)\"; "
         f"docker logs --tail {lines} $c 2>&1; done; true"
     )
-    if host != "manager" and isinstance(access, LocalAccess):
-        access = LocalAccess(name, host)
-    elif host != "manager":
-        script = f"ssh -o StrictHostKeyChecking=no {shlex.quote(host)} {shlex.quote(script)}"
-    console.out(access.run(script, timeout=120).output, end="", highlight=False)
+    console.out(host_access(name, host).run(script, timeout=120).output, end="", highlight=False)

@@ -8,11 +8,9 @@ from typing import Optional
 import typer
 
 from astrostack import lifecycle, state
-from astrostack.cleanup import SweepResult, sweep, sweeper_for
+from astrostack.cleanup import SweepResult
 from astrostack.cli.common import console, err_console, print_json, spec_from_path
-from astrostack.cloud import connect
 from astrostack.progress import JsonLinesPrinter, ProgressPrinter
-from astrostack.stack import Heat
 
 
 def register(root: typer.Typer) -> None:
@@ -118,9 +116,7 @@ def sweep_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Find (and with --yes delete) resources tagged with a cluster that has no stack."""
-    heat = Heat(connect(cloud))
-    live = {s["stack_name"] for s in heat.list_stacks() if s.get("stack_status") != "DELETE_COMPLETE"}
-    result = sweep(sweeper_for(cloud, heat.conn), None, live_clusters=live, dry_run=not yes)
+    result = lifecycle.sweep_cloud(cloud, dry_run=not yes)
     _report_sweep("(all)", result, as_json, verb="deleted" if yes else "would delete")
 
 

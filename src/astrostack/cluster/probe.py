@@ -7,10 +7,9 @@ from __future__ import annotations
 import json
 from typing import Any, Optional
 
-from astrostack import cloud
 from astrostack.cluster import mpi as mpi_mode
 from astrostack.cluster import swarm
-from astrostack.cluster.access import ClusterAccessError, LocalAccess, ManagerAccess
+from astrostack.cluster.access import ClusterAccessError, ManagerAccess
 from astrostack.probe import NodeView
 from astrostack.spec import ClusterSpec, Mode
 
@@ -18,16 +17,8 @@ SMOKE_PROGRAM = ["/usr/local/bin/mpi_smoke"]
 SMOKE_TIMEOUT_S = 180
 
 
-def access_for(spec: ClusterSpec) -> Optional[ManagerAccess]:
-    if cloud.is_local(spec.cloud):
-        return LocalAccess(spec.name)
-    return None
-
-
-def probe_for(spec: ClusterSpec, heat: Any, ref: Any) -> Optional[SwarmNodeProbe | MpiNodeProbe]:
-    access = access_for(spec)
-    if access is None:
-        return None
+def probe_for(spec: ClusterSpec, access: ManagerAccess) -> SwarmNodeProbe | MpiNodeProbe:
+    """The node probe of the spec's mode, looking at the cluster through ACCESS."""
     return SwarmNodeProbe(spec, access) if spec.mode is Mode.swarm else MpiNodeProbe(spec, access)
 
 
