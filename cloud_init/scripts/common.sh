@@ -22,15 +22,27 @@ timings_json() {
 }
 
 # signal STATUS REASON DATA_JSON: tell Heat's wait condition; retried, bounded.
+# python3 rather than curl: every image that runs cloud-init has it.
 signal() {
-  local status=$1 reason=$2 data=${3:-\{\}} payload url token
-  payload=$(python3 -c 'import json,sys; print(json.dumps({"status": sys.argv[1], "reason": sys.argv[2], "id": sys.argv[3], "data": sys.argv[4]}))' \
-    "$status" "$reason" "$HOST_ID" "$data")
-  url=$(sed -n 's/^url=//p' "$ASTRO_ETC/signal")
-  token=$(sed -n 's/^token=//p' "$ASTRO_ETC/signal")
-  if ! curl -fsS --max-time 20 --retry 10 --retry-delay 3 --retry-connrefused \
-      -X POST -H "X-Auth-Token: $token" -H 'Content-Type: application/json' \
-      -H 'Accept: application/json' --data-binary "$payload" "$url" >/dev/null; then
+  local status=$1 reason=$2 data=${3:-\{\}}
+  if ! python3 - "$status" "$reason" "$HOST_ID" "$data" "$ASTRO_ETC/signal" <<'PY'
+import json, sys, time, urllib.error, urllib.request
+status, reason, host, data, creds = sys.argv[1:6]
+fields = dict(line.rstrip("\n").split("=", 1) for line in open(creds) if "=" in line)
+body = json.dumps({"status": status, "reason": reason, "id": host, "data": data}).encode()
+request = urllib.request.Request(fields["url"], data=body, method="POST", headers={
+    "X-Auth-Token": fields["token"], "Content-Type": "application/json", "Accept": "application/json"})
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+for attempt in range(1, 11):
+    try:
+        opener.open(request, timeout=20).read()
+        sys.exit(0)
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"signal attempt {attempt}/10 to {fields['url'].split('?')[0]}: {exc}", file=sys.stderr)
+        time.sleep(3)
+sys.exit(1)
+PY
+  then
     log "could not signal $status to Heat after 10 tries"
     return 1
   fi
@@ -58,16 +70,16 @@ retry() {
   done
 }
 
-# Faults injected on purpose (local cloud only), see docs/local-cloud.md.
+# Faults injected on purpose (spec `faults:`), to see how a cluster fails.
 fault_for_me() {
   local var="FAULT_${HOST_ID//-/_}"
   echo "${!var:-}"
 }
 
-# The local cloud's VM is a container: its init (PID 1) ends it on SIGTERM.
+# die-after-boot: the VM powers itself off, as a crashed or stopped VM would.
 die_soon() {
   sleep 3
-  if is_local_cloud; then kill -TERM 1; else poweroff -f; fi
+  poweroff -f
 }
 
 apply_fault_at_start() {
@@ -79,8 +91,6 @@ apply_fault_at_start() {
   esac
 }
 
-is_local_cloud() { [ -f "$ASTRO_ETC/local-cloud" ]; }
-
 my_ip() {
   ip -4 -o route get "${NFS_IP:-1.1.1.1}" 2>/dev/null | sed -n 's/.* src \([0-9.]*\).*/\1/p'
 }
@@ -89,38 +99,69 @@ registry_address() {
   if [ -n "$REGISTRY" ]; then echo "$REGISTRY"; else echo "$NFS_IP:5000"; fi
 }
 
-write_docker_daemon_config() {
-  mkdir -p /etc/docker
-  if [ "$REGISTRY_INSECURE" = true ]; then
-    printf '{"insecure-registries": ["%s"], "log-driver": "json-file", "log-opts": {"max-size": "20m"}}\n' \
-      "$(registry_address)" >/etc/docker/daemon.json
-  else
-    printf '{"log-driver": "json-file", "log-opts": {"max-size": "20m"}}\n' >/etc/docker/daemon.json
-  fi
+# The MTU of the interface the host reaches the cluster network through:
+# 1450 on VXLAN tenant networks, whatever the cloud says elsewhere.
+host_mtu() {
+  local dev
+  dev=$(ip -4 -o route get "${NFS_IP:-1.1.1.1}" 2>/dev/null | sed -n 's/.* dev \([^ ]*\).*/\1/p')
+  cat "/sys/class/net/${dev:-eth0}/mtu" 2>/dev/null || echo 1500
 }
 
-# Start Docker through systemd where it is PID 1; a container VM of the local
-# cloud has no systemd, so dockerd is started directly there.
-start_docker() {
-  write_docker_daemon_config
-  if [ -d /run/systemd/system ]; then
-    systemctl enable docker >/dev/null 2>&1 || true
-    systemctl restart docker
-  elif ! docker info >/dev/null 2>&1; then
-    log "no systemd: starting dockerd directly"
-    setsid dockerd >/var/log/dockerd.log 2>&1 </dev/null &
+write_docker_daemon_config() {
+  local registries="[]"
+  if [ "$REGISTRY_INSECURE" = true ]; then registries="[\"$(registry_address)\"]"; fi
+  mkdir -p /etc/docker
+  printf '{"insecure-registries": %s, "mtu": %s, "log-driver": "json-file", "log-opts": {"max-size": "20m"}}\n' \
+    "$registries" "$(host_mtu)" >/etc/docker/daemon.json
+}
+
+# install_missing PACKAGE...: apt-get only what the image lacks (one update).
+install_missing() {
+  local missing=() pkg
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+  done
+  (( ${#missing[@]} )) || return 0
+  if [ "$INSTALL_PACKAGES" != true ]; then
+    fail "the image lacks ${missing[*]} and servers.install_packages is false"
   fi
+  command -v apt-get >/dev/null || fail "the image is not Debian-family (no apt-get): it lacks ${missing[*]}"
+  log "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  retry 5 10 apt-get update -q >/dev/null || fail "apt-get update failed 5 times"
+  retry 3 10 apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null \
+    || fail "apt-get install ${missing[*]} failed 3 times"
+  mark packages_installed
+}
+
+install_role_packages() {
+  local wanted=()
+  read -r -a wanted <<<"$PACKAGES"
+  install_missing "${wanted[@]}"
+}
+
+start_docker() {
+  [ -d /run/systemd/system ] || fail "systemd is not running: astrostack needs a systemd image"
+  write_docker_daemon_config
+  systemctl enable docker >/dev/null 2>&1 || true
+  systemctl restart docker
   retry 60 1 docker info >/dev/null 2>&1 || fail "docker did not start within 60 s"
+  block_metadata_from_containers
   mark docker_ready
+}
+
+# The metadata service hands out this host's user-data (the cluster secret,
+# the signal token): containers must not reach it. The host itself still can.
+block_metadata_from_containers() {
+  iptables -C DOCKER-USER -d 169.254.169.254/32 -j REJECT 2>/dev/null \
+    || iptables -I DOCKER-USER -d 169.254.169.254/32 -j REJECT
 }
 
 mount_share() {
   mkdir -p "$MOUNT_POINT"
-  if mountpoint -q "$MOUNT_POINT"; then
-    log "share already mounted at $MOUNT_POINT (local cloud: shared directory instead of NFS)"
-  else
-    grep -q " $MOUNT_POINT " /etc/fstab || \
-      echo "$NFS_IP:$EXPORT_PATH $MOUNT_POINT nfs4 defaults,_netdev,hard,timeo=600 0 0" >>/etc/fstab
+  grep -q " $MOUNT_POINT " /etc/fstab || \
+    echo "$NFS_IP:$EXPORT_PATH $MOUNT_POINT nfs4 defaults,_netdev,hard,timeo=600 0 0" >>/etc/fstab
+  if ! mountpoint -q "$MOUNT_POINT"; then
     retry 60 5 mount "$MOUNT_POINT" || fail "NFS $NFS_IP:$EXPORT_PATH not mountable after 5 min"
   fi
   mark share_mounted

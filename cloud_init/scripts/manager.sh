@@ -6,24 +6,56 @@
 . /usr/local/lib/astrostack/common.sh
 
 apply_fault_at_start
+install_role_packages
 start_docker
 mount_share
 CONTROL=$(control_dir)
+OVERLAY_REPORT=""
 
+# Can this kernel carry Docker's encrypted overlay (ESP with AES-GCM)? Tried
+# on a throw-away namespace, so no real state is touched.
+kernel_has_esp_gcm() {
+  local ns="astrostack-esp-$$" ok=1
+  ip netns add "$ns" 2>/dev/null || return 1
+  ip -n "$ns" xfrm state add src 192.0.2.1 dst 192.0.2.2 proto esp spi 0x100 reqid 1 mode transport \
+    aead 'rfc4106(gcm(aes))' 0x0102030405060708090a0b0c0d0e0f1011121314 128 2>/dev/null && ok=0
+  ip netns del "$ns" 2>/dev/null || true
+  return "$ok"
+}
+
+# The overlay's options (OVERLAY_OPTS): encryption as the spec asks and the
+# kernel allows, and an MTU that fits inside the host's (VXLAN takes 50
+# bytes, ESP 58 more).
+OVERLAY_OPTS=()
+choose_overlay_options() {
+  local mtu encrypt=false
+  case "$OVERLAY_ENCRYPTED" in
+    true) kernel_has_esp_gcm || fail "overlay.encrypted is true but this kernel has no ESP with AES-GCM"
+          encrypt=true ;;
+    auto) if kernel_has_esp_gcm; then encrypt=true; else
+            OVERLAY_REPORT="overlay not encrypted: this kernel has no ESP with AES-GCM"; log "$OVERLAY_REPORT"; fi ;;
+  esac
+  mtu=$(( $(host_mtu) - 50 ))
+  if [ "$encrypt" = true ]; then mtu=$(( mtu - 58 )); OVERLAY_OPTS+=(--opt encrypted); fi
+  OVERLAY_OPTS+=(--opt "com.docker.network.driver.mtu=$mtu")
+}
+
+# The manager's address is published before the join token: a worker waits
+# for the token, so it never reads a half-published state.
 init_swarm() {
   if [ "$(docker info --format '{{.Swarm.LocalNodeState}}')" != active ]; then
     docker swarm init --advertise-addr "$MANAGER_IP" >/dev/null
   fi
   mark swarm_init
-  local encrypt=()
-  if [ "$OVERLAY_ENCRYPTED" = true ]; then encrypt=(--opt encrypted); fi
+  choose_overlay_options
   if ! docker network inspect "$OVERLAY_NAME" >/dev/null 2>&1; then
-    docker network create --driver overlay --attachable --subnet "$OVERLAY_SUBNET" \
-      "${encrypt[@]}" "$OVERLAY_NAME" >/dev/null
+    docker network create --driver overlay --attachable --subnet "$OVERLAY_SUBNET" "${OVERLAY_OPTS[@]}" \
+      "$OVERLAY_NAME" >/dev/null
   fi
   mark overlay_created
+  echo "$MANAGER_IP:2377" >"$CONTROL/swarm-manager.tmp"
+  mv "$CONTROL/swarm-manager.tmp" "$CONTROL/swarm-manager"
   docker swarm join-token -q worker | publish_secret "$CONTROL/swarm-worker-token.enc"
-  echo "$MANAGER_IP:2377" >"$CONTROL/swarm-manager"
 }
 
 make_cluster_ssh_key() {
@@ -43,6 +75,6 @@ else
   node_id=""
 fi
 
-signal SUCCESS "manager ready" "$(success_data "{\"swarm_node\": \"$node_id\"}")"
+signal SUCCESS "manager ready" "$(success_data "{\"swarm_node\": \"$node_id\", \"overlay_note\": \"$OVERLAY_REPORT\"}")"
 trap - ERR
 setsid /usr/local/sbin/astrostack-nodes >>/var/log/astrostack-nodes.log 2>&1 </dev/null &

@@ -34,21 +34,6 @@ image_ref() {
   esac
 }
 
-# Images that astrostack staged on the share (docker save archives) are loaded
-# once and pushed to the cluster registry, so every host pulls them from there.
-publish_staged_images() {
-  local archive ref
-  for archive in "$MOUNT_POINT"/.astrostack/images/*.tar; do
-    [ -e "$archive" ] || continue
-    ref=$(docker load -i "$archive" | sed -n 's/^Loaded image: //p' | head -n1)
-    [ -n "$ref" ] || fail "no image in $archive"
-    docker tag "$ref" "$(registry_address)/$ref"
-    retry 5 3 docker push "$(registry_address)/$ref" >/dev/null || fail "push of $ref to $(registry_address) failed"
-    log "published $ref to $(registry_address)"
-  done
-  mark images_published
-}
-
 ready_swarm_nodes() {
   docker node ls --format '{{.Status}} {{.Availability}}' | grep -c '^Ready Active$' || true
 }
@@ -94,7 +79,6 @@ create_service() {
 start_swarm_services() {
   status starting "waiting for $HOSTS hosts to join"
   wait_for_hosts
-  publish_staged_images
   create_ssh_secrets
   create_service "$CLUSTER-master" master 1 --constraint node.role==manager
   if (( NODES > 1 )); then
@@ -109,7 +93,6 @@ start_host_container() {
   status starting "starting the MPI container"
   keys=$(mktemp -d)
   fetch_secret "$CONTROL/cluster-ssh-key.tar.enc" 300 | tar -C "$keys" -x
-  if [ "$ROLE" = manager ]; then publish_staged_images; fi
   retry 60 5 docker pull "$(image_ref)" >/dev/null || fail "cannot pull $(image_ref)"
   docker rm -f astro-mpi >/dev/null 2>&1 || true
   docker run -d --name astro-mpi --network host --restart on-failure:3 \

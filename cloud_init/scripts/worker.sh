@@ -5,6 +5,7 @@
 . /usr/local/lib/astrostack/common.sh
 
 apply_fault_at_start
+install_role_packages
 start_docker
 mount_share
 CONTROL=$(control_dir)
