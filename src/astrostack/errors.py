@@ -47,11 +47,25 @@ class TemplateError(InvalidInput):
 
 
 class CloudError(AstrostackError):
-    """The cloud (or the local engine) answered with an error or not at all."""
+    """The cloud answered with an error or not at all.
+
+    ``transient``: the retries of one call gave up on an outage (no answer,
+    5xx or 429) that a longer wait may see through; a waiter rides it out until
+    its deadline instead of failing at once.
+    """
+
+    transient = False
+
+    def __init__(self, message: str, *, hint: str | None = None, transient: bool | None = None):
+        super().__init__(message, hint=hint)
+        if transient is not None:
+            self.transient = transient
 
 
 class CloudUnreachable(CloudError):
     """No answer from the cloud's API."""
+
+    transient = True
 
 
 class NotFound(CloudError):

@@ -102,6 +102,7 @@ def _give_up_error(exc: BaseException, attempts: int, waited: float) -> CloudErr
     return CloudError(
         f"{request}: HTTP {http_status(exc)} {tries}",
         hint="the cloud is overloaded or failing; try again later",
+        transient=True,
     )
 
 
