@@ -7,6 +7,7 @@ at every step, so an interrupted command leaves a record that `status` and
 from __future__ import annotations
 
 import time
+import traceback
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,15 +19,16 @@ from astrostack.cleanup import OpenStackSweeper, SweepResult, sweep
 from astrostack.cluster.access import StackManagerAccess, forget_host_keys
 from astrostack.cluster.probe import probe_for
 from astrostack.errors import AstrostackError, CloudError, DeployFailed, InvalidInput, WaitTimeout
-from astrostack.monitor import Deadlines, MonitorError, PhaseEvent, Targets, wait_until_ready
+from astrostack.monitor import Deadlines, MonitorError, Observation, PhaseEvent, Targets, wait_until_ready
 from astrostack.precheck import precheck
 from astrostack.probe import DeploymentProbe, NovaServerWatch, nova_console_logs
 from astrostack.render import render, stack_tags
 from astrostack.spec import ClusterSpec, Mode, spec_from_dict
-from astrostack.stack import Heat, StackRef
+from astrostack.stack import DeleteFailed, Heat, StackRef
 
 EventSink = Callable[[PhaseEvent], None]
 DELETE_RETRIES = 3
+OUTAGE_RETRY_S = 5.0
 
 
 @dataclass
@@ -64,6 +66,10 @@ def up(spec: ClusterSpec, *, keep_on_failure: Optional[bool] = None, runtime: Ru
 def _resume_or_start(spec: ClusterSpec, heat: Heat, runtime: Runtime) -> tuple[state.ClusterRecord, StackRef]:
     existing = state.load(spec.name) if state.exists(spec.name) else None
     live = heat.find(spec.name)
+    if existing and live and existing.stack_id is None and existing.status == "creating":
+        # The create request went out but its answer was lost (an outage, Ctrl-C): adopt the stack.
+        existing.stack_id = live.id
+        state.save(existing)
     if existing and live and existing.stack_id == live.id:
         if existing.spec_hash != spec.spec_hash():
             raise InvalidInput(
@@ -122,6 +128,11 @@ def _wait_and_settle(spec: ClusterSpec, heat: Heat, ref: StackRef, record: state
         )
     except MonitorError as exc:
         raise _settle_failure(spec, heat, ref, record, keep, exc, runtime) from None
+    except Exception as exc:  # a bug must not leave a half-built stack behind either
+        failure = MonitorError(f"internal error while waiting: {type(exc).__name__}: {exc} (a bug; please report it)",
+                               phase=_current_phase(record), observation=Observation())
+        failure.__cause__ = exc
+        raise _settle_failure(spec, heat, ref, record, keep, failure, runtime) from exc
     except KeyboardInterrupt:
         record.status = "creating"
         state.save(record)
@@ -133,6 +144,12 @@ def _wait_and_settle(spec: ClusterSpec, heat: Heat, ref: StackRef, record: state
     record.nodes_ready = readiness.observation.nodes_ready if readiness.observation else spec.nodes
     state.save(record)
     return record
+
+
+def _current_phase(record: state.ClusterRecord) -> str:
+    """The phase under way: the last one started and not finished."""
+    running = [name for name, entry in record.phases.items() if entry.finished is None]
+    return running[-1] if running else "nodes"
 
 
 def manager_access(spec: ClusterSpec, heat: Heat, ref: StackRef, record: state.ClusterRecord) -> StackManagerAccess:
@@ -162,6 +179,7 @@ def _recording(record: state.ClusterRecord, sink: Optional[EventSink]) -> EventS
 
 def _settle_failure(spec: ClusterSpec, heat: Heat, ref: StackRef, record: state.ClusterRecord, keep: bool,
                     error: MonitorError, runtime: Runtime) -> DeployFailed:
+    runtime.note(f"{error.phase} phase failed: collecting evidence, then {'keeping' if keep else 'rolling back'}")
     evidence = collect_evidence(spec, heat, ref, record, error)
     record.evidence_dir = str(evidence)
     if keep:
@@ -192,9 +210,13 @@ def _settle_failure(spec: ClusterSpec, heat: Heat, ref: StackRef, record: state.
 def collect_evidence(spec: ClusterSpec, heat: Heat, ref: StackRef, record: state.ClusterRecord,
                      error: Optional[BaseException]) -> Path:
     """Everything that explains a failure, written before anything is deleted.
-    Each piece is best effort: a missing piece is noted, not fatal."""
+    Each piece is best effort: a missing piece is noted, never fatal, so that
+    evidence can never stop the rollback that follows."""
     folder = state.evidence_dir(spec.name, time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6])
     notes: list[str] = []
+    if error is not None and error.__cause__ is not None:
+        _note_failure(notes, "traceback.txt", lambda: (folder / "traceback.txt").write_text(
+            "".join(traceback.format_exception(error.__cause__))))
     pieces: dict[str, Callable[[], Any]] = {
         "stack.json": lambda: heat.show(ref),
         "events.json": lambda: heat.events(ref),
@@ -204,11 +226,8 @@ def collect_evidence(spec: ClusterSpec, heat: Heat, ref: StackRef, record: state
         "nfs_signal.json": lambda: heat_stack.decoded_signal_data(heat.handle_signals(ref, heat_stack.NFS_HANDLE)),
     }
     for filename, fetch in pieces.items():
-        try:
-            heat_stack.write_json(folder / filename, fetch())
-        except AstrostackError as exc:
-            notes.append(f"{filename}: {exc}")
-    _collect_consoles(spec, heat, folder, notes)
+        _note_failure(notes, filename, lambda fetch=fetch, filename=filename: heat_stack.write_json(folder / filename, fetch()))
+    _note_failure(notes, "consoles", lambda: _collect_consoles(spec, heat, folder))
     summary = {
         "cluster": spec.name,
         "stack": ref.id,
@@ -217,18 +236,23 @@ def collect_evidence(spec: ClusterSpec, heat: Heat, ref: StackRef, record: state
         "phases": {k: v.model_dump(mode="json") for k, v in record.phases.items()},
         "missing": notes,
     }
-    heat_stack.write_json(folder / "summary.json", summary)
+    _note_failure(notes, "summary.json", lambda: heat_stack.write_json(folder / "summary.json", summary))
     return folder
 
 
-def _collect_consoles(spec: ClusterSpec, heat: Heat, folder: Path, notes: list[str]) -> None:
+def _note_failure(notes: list[str], piece: str, write: Callable[[], Any]) -> None:
+    """Write one piece of evidence; any failure (cloud, disk, a bug) becomes a note."""
+    try:
+        write()
+    except Exception as exc:  # evidence is best effort by design
+        notes.append(f"{piece}: {type(exc).__name__}: {exc}")
+
+
+def _collect_consoles(spec: ClusterSpec, heat: Heat, folder: Path) -> None:
     consoles = folder / "consoles"
     consoles.mkdir(parents=True, exist_ok=True)
-    try:
-        for server, text in nova_console_logs(spec.name, heat.conn).items():
-            (consoles / f"{server}.log").write_text(text)
-    except (AstrostackError, OSError) as exc:
-        notes.append(f"consoles: {exc}")
+    for server, text in nova_console_logs(spec.name, heat.conn).items():
+        (consoles / f"{server}.log").write_text(text)
 
 
 # status ---------------------------------------------------------------------
@@ -279,19 +303,32 @@ def teardown(name: str, cloud_name: str, heat: Heat, ref: Optional[StackRef], *,
 
 def _delete_stack(name: str, cloud_name: str, heat: Heat, ref: StackRef, deadline_s: float, runtime: Runtime,
                   force: bool) -> None:
-    for attempt in range(1, DELETE_RETRIES + 1):
-        heat.delete(ref)
-        outcome = heat.wait_for_deletion(ref, deadline_s, clock=runtime.clock)
-        if outcome == "GONE":
+    """Delete the stack within DEADLINE_S: DELETE_FAILED is retried (after a sweep
+    with FORCE), and an outage of the cloud is ridden out until the deadline."""
+    deadline = runtime.clock() + deadline_s
+    failures = 0
+    while True:
+        try:
+            heat.delete(ref)
+            heat.wait_gone(ref, max(1.0, deadline - runtime.clock()), clock=runtime.clock)
             return
-        _, reason = heat.status(ref)
-        runtime.note(f"delete of stack {name} failed (try {attempt}/{DELETE_RETRIES}): {reason}")
+        except DeleteFailed as exc:
+            reason = exc.reason
+        except CloudError as exc:
+            if not exc.transient or runtime.clock() >= deadline:
+                raise
+            runtime.note(f"deleting stack {name}: the cloud does not answer ({exc.message}); "
+                         f"retrying for {deadline - runtime.clock():.0f} s more")
+            runtime.sleep(OUTAGE_RETRY_S)
+            continue
+        failures += 1
+        runtime.note(f"delete of stack {name} failed (try {failures}/{DELETE_RETRIES}): {reason}")
+        if failures >= DELETE_RETRIES:
+            raise CloudError(f"stack {name} is DELETE_FAILED after {DELETE_RETRIES} tries: {reason}",
+                             hint=f"`astrostack down {name} --force`")
         if force:
             # Servers first: they hold ports and volume attachments Heat could not release.
             sweep(OpenStackSweeper(heat.conn), name)
-    _, reason = heat.status(ref)
-    raise CloudError(f"stack {name} is DELETE_FAILED after {DELETE_RETRIES} tries: {reason}",
-                     hint=f"`astrostack down {name} --force`")
 
 
 def down(name: str, *, cloud_name: Optional[str] = None, force: bool = False,

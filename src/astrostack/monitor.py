@@ -403,6 +403,7 @@ class _Waiter:
         self.timings: dict[str, PhaseTiming] = {}
         self.observation = Observation()
         self._last_key: Optional[tuple[Any, ...]] = None
+        self.outage: Optional[tuple[float, CloudError]] = None  # (since, last error) while the API is silent
 
     def elapsed(self) -> float:
         return self.clock() - self.started
@@ -434,10 +435,13 @@ class _Waiter:
     def _poll(self, phase: str) -> Observation:
         try:
             observation = self.probe.observe(phase)
-        except CloudError as exc:  # the probe already retried what was transient
-            self._finish(phase, "error")
-            self._emit(phase, "failed", f"{phase} phase: cannot observe the cloud: {exc}")
-            raise
+        except CloudError as exc:
+            if exc.transient:  # the probe already retried this call: ride the outage out to the deadline
+                return self._unobserved(phase, exc)
+            self._fail(phase, [f"cannot observe the cloud: {exc}"])
+        except AstrostackError as exc:
+            self._fail(phase, [f"cannot observe the cluster: {exc}"])
+        self._outage_over(phase)
         timing = self.timings[phase]
         timing.polls += 1
         timing.requests += observation.requests
@@ -451,6 +455,20 @@ class _Waiter:
             self._fail(phase, reasons)
         return observation
 
+    def _unobserved(self, phase: str, error: CloudError) -> Observation:
+        """An outage: keep the last observation, say so, and poll again (backing off)."""
+        since = self.outage[0] if self.outage else self.elapsed()
+        self.outage = (since, error)
+        self.timings[phase].polls += 1
+        self._emit(phase, "progress", f"the cloud does not answer for {self.elapsed() - since:.0f} s "
+                                      f"({error.message}); retrying until the {phase} phase's deadline")
+        return self.observation
+
+    def _outage_over(self, phase: str) -> None:
+        if self.outage:
+            self._emit(phase, "progress", f"the cloud answers again after {self.elapsed() - self.outage[0]:.0f} s")
+            self.outage = None
+
     def _fail(self, phase: str, reasons: list[str]) -> None:
         more = f" (and {len(reasons) - 1} more: {'; '.join(reasons[1:])})" if len(reasons) > 1 else ""
         message = f"{phase} phase failed after {self._phase_elapsed(phase):.0f} s: {reasons[0]}{more}"
@@ -462,6 +480,9 @@ class _Waiter:
 
     def _timed_out(self, phase: str, deadline_kind: str) -> None:
         counts = describe_counts(phase, self.observation, self.targets)
+        if self.outage:
+            counts += (f"; the cloud has not answered for {self.elapsed() - self.outage[0]:.0f} s: "
+                       f"{self.outage[1].message}")
         if deadline_kind == "total":
             message = f"{phase} phase stopped at the total deadline ({self.deadlines.total:.0f} s): {counts}"
             hint = "the phases' timeouts add up to the total deadline; raise the slow phase's timeout"

@@ -151,20 +151,29 @@ class Heat:
 
     # waiting --------------------------------------------------------------
 
-    def wait_for_deletion(self, ref: StackRef, deadline_s: float, *,
-                          clock: Callable[[], float] = time.monotonic, poll_s: float = 2.0) -> str:
-        """Wait until the stack is gone; returns the last status (or 'GONE')."""
+    def wait_gone(self, ref: StackRef, deadline_s: float, *,
+                  clock: Callable[[], float] = time.monotonic, poll_s: float = 2.0) -> None:
+        """Return once the stack is gone; :class:`DeleteFailed` if Heat says
+        DELETE_FAILED, :class:`WaitTimeout` at the deadline."""
         deadline = clock() + deadline_s
         status = "DELETE_IN_PROGRESS"
         while clock() < deadline:
             found = self.find(ref.name)
             if found is None or found.id != ref.id:
-                return "GONE"
+                return
             status, reason = self.status(ref)
             if status == "DELETE_FAILED":
-                return status
+                raise DeleteFailed(f"stack {ref.name} is DELETE_FAILED: {reason or 'no reason given'}", reason=reason)
             self.sleep(min(poll_s, max(0.0, deadline - clock())))
         raise WaitTimeout(f"stack {ref.name} not deleted within {deadline_s:.0f} s (last status {status})")
+
+
+class DeleteFailed(CloudError):
+    """Heat could not delete a stack (DELETE_FAILED); ``reason`` is Heat's."""
+
+    def __init__(self, message: str, *, reason: str):
+        super().__init__(message)
+        self.reason = reason
 
 
 def stack_body(api: Any, rendered: Rendered) -> dict[str, Any]:

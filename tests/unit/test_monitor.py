@@ -8,7 +8,7 @@ import json
 import pytest
 from rich.console import Console
 
-from astrostack.errors import AstrostackError, CloudUnreachable, WaitTimeout
+from astrostack.errors import AstrostackError, CloudError, CloudUnreachable, WaitTimeout
 from astrostack.monitor import (
     Deadlines,
     MonitorError,
@@ -179,21 +179,67 @@ def test_every_failure_is_named_the_most_specific_first():
 
 
 class UnreachableProbe:
+    """The cloud answers nothing from ``down_from`` to ``down_until`` (seconds); otherwise PROBE answers."""
+
+    def __init__(self, clock, probe=None, down_from=0.0, down_until=float("inf"), error=None):
+        self.clock, self.probe = clock, probe
+        self.down_from, self.down_until = down_from, down_until
+        self.error = error or CloudUnreachable("GET http://heat/v1/admin/stacks/demo: no answer after 5 attempts")
+        self.failed_polls = 0
+
     def observe(self, phase):
-        raise CloudUnreachable("GET http://heat/v1/admin/stacks/demo: no answer after 5 attempts")
+        if self.down_from <= self.clock() < self.down_until:
+            self.failed_polls += 1
+            raise self.error
+        return self.probe.observe(phase)
 
 
-def test_a_probe_that_cannot_reach_the_cloud_ends_the_wait_with_a_failed_event():
-    clock = SimulatedClock()
+def test_an_outage_shorter_than_the_phase_deadline_is_ridden_out_and_said():
+    clock, probe = make_probe(HAPPY)
     events: list[PhaseEvent] = []
+    outage = UnreachableProbe(clock, probe, down_from=5, down_until=35)
 
-    with pytest.raises(CloudUnreachable):
-        wait_until_ready(UnreachableProbe(), TARGETS, DEADLINES, clock=clock, sleep=clock.sleep,
-                         on_event=events.append)
+    readiness = wait_until_ready(outage, TARGETS, DEADLINES, clock=clock, sleep=clock.sleep, on_event=events.append)
 
-    assert [(event.phase, event.kind) for event in events] == [("stack", "start"), ("stack", "failed")]
-    assert "cannot observe the cloud" in events[-1].message
+    assert readiness.observation.smoke_ok is True
+    assert outage.failed_polls >= 2
+    said = [event.message for event in events if event.kind == "progress"]
+    assert any("the cloud does not answer" in m and "retrying until the" in m for m in said)
+    assert any("answers again" in m for m in said)
+
+
+def test_an_outage_past_the_deadline_times_out_naming_the_outage():
+    clock = SimulatedClock()
+    deadlines = Deadlines(stack=120, hosts=300, nodes=600, total=2400)
+
+    with pytest.raises(PhaseTimeout) as caught:
+        wait_until_ready(UnreachableProbe(clock), TARGETS, deadlines, clock=clock, sleep=clock.sleep)
+
+    assert caught.value.phase == "stack"
+    assert 120 <= clock.now <= 121
+    assert "the cloud has not answered for" in caught.value.message
+    assert "no answer after 5 attempts" in caught.value.message
+
+
+def test_an_error_answer_of_the_cloud_fails_the_phase_at_once():
+    clock = SimulatedClock()
+    refused = UnreachableProbe(clock, error=CloudError("GET http://heat/v1/x: HTTP 403 Forbidden"))
+
+    with pytest.raises(PhaseFailed) as caught:
+        wait_until_ready(refused, TARGETS, DEADLINES, clock=clock, sleep=clock.sleep)
+
+    assert "cannot observe the cloud" in caught.value.message and "403" in caught.value.message
     assert clock.sleeps == []
+
+
+def test_a_cluster_that_cannot_be_looked_at_fails_the_phase_not_the_program():
+    clock = SimulatedClock()
+    broken = UnreachableProbe(clock, error=AstrostackError("ssh to debian@172.24.4.20 failed: Permission denied"))
+
+    with pytest.raises(PhaseFailed) as caught:
+        wait_until_ready(broken, TARGETS, DEADLINES, clock=clock, sleep=clock.sleep)
+
+    assert "cannot observe the cluster" in caught.value.message
 
 
 # Deadlines ------------------------------------------------------------------
