@@ -29,7 +29,7 @@ import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Callable, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -117,8 +117,11 @@ class JobResult(BaseModel):
 
 
 def run_job(record: state.ClusterRecord, job: Union[JobSpec, dict[str, Any]], runtime: Any = None, *,
-            access: Optional[ManagerAccess] = None) -> JobResult:
-    """Run JOB on the cluster of RECORD; the result carries the job's exit code."""
+            access: Optional[ManagerAccess] = None, on_output: Optional[Callable[[bytes], None]] = None) -> JobResult:
+    """Run JOB on the cluster of RECORD; the result carries the job's exit code.
+
+    The job's output goes to ON_OUTPUT as it comes (and to output.log on the
+    share); only its last 4000 bytes are kept in memory."""
     if isinstance(job, dict):
         job = job_from_dict(job)
     if record.status != "ready":
@@ -129,11 +132,12 @@ def run_job(record: state.ClusterRecord, job: Union[JobSpec, dict[str, Any]], ru
     job_id = f"{job.name or job.profile}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:4]}"
     plan = plan_job(spec, job, job_id, access)
     started = datetime.now(timezone.utc)
-    result = swarm.run_in_master(spec, access, ["bash", "-c", plan.script], timeout=job.timeout_s)
+    tail = swarm.TailSink(then=on_output)
+    exit_code = swarm.stream_in_master(spec, access, ["bash", "-c", plan.script], job.timeout_s, tail)
     finished = datetime.now(timezone.utc)
-    outcome = JobResult(id=job_id, cluster=record.name, profile=job.profile, exit_code=result.exit_code,
+    outcome = JobResult(id=job_id, cluster=record.name, profile=job.profile, exit_code=exit_code,
                         started=started, finished=finished, job_dir=f"{spec.nfs.mount_point}/jobs/{job_id}",
-                        command=plan.command, ranks=plan.ranks, output_tail=result.output[-4000:])
+                        command=plan.command, ranks=plan.ranks, output_tail=tail.text())
     _remember(record.name, outcome)
     return outcome
 

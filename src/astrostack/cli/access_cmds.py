@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import typer
 
@@ -31,10 +32,14 @@ def exec_cmd(
     spec, access = cluster_access(name)
     if mpi:
         command = swarm.mpirun_argv(spec, command)
-    result = swarm.run_in_master(spec, access, command, timeout=timeout)
-    console.out(result.output, end="", highlight=False)
-    if not result.ok:
-        raise JobFailed(f"command exited {result.exit_code} on {name}", job_exit_code=result.exit_code)
+    exit_code = swarm.stream_in_master(spec, access, command, timeout, sink=_write_through)
+    if exit_code != 0:
+        raise JobFailed(f"command exited {exit_code} on {name}", job_exit_code=exit_code)
+
+
+def _write_through(chunk: bytes) -> None:
+    sys.stdout.buffer.write(chunk)
+    sys.stdout.buffer.flush()
 
 
 def ssh(

@@ -46,8 +46,13 @@ class Result:
         return self.exit_code == 0
 
 
+Sink = Callable[[bytes], None]
+
+
 class ManagerAccess(Protocol):
     def run(self, script: str, *, timeout: float = DEFAULT_TIMEOUT_S, stdin: str | None = None) -> Result: ...
+
+    def stream(self, script: str, *, timeout: float, sink: Sink) -> int: ...
 
     def interactive_argv(self, host: str | None = None) -> list[str]: ...
 
@@ -117,8 +122,9 @@ class SshAccess:
             raise ClusterAccessError(f"ssh to {where} of {self.cluster} failed: {result.output.strip()[-200:]}")
         return result
 
-    def stream(self, script: str, *, timeout: float, sink: Callable[[bytes], None]) -> int:
-        """Run SCRIPT, passing its output to SINK as it comes (never held in memory)."""
+    def stream(self, script: str, *, timeout: float, sink: Sink) -> int:
+        """Run SCRIPT, passing its output to SINK as it comes (never held in memory);
+        return its exit code."""
         argv = self.ssh_argv() + ["sudo bash -c " + shlex.quote(script)]
         try:
             process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -175,6 +181,9 @@ class StackManagerAccess:
 
     def run(self, script: str, *, timeout: float = DEFAULT_TIMEOUT_S, stdin: str | None = None) -> Result:
         return self.access().run(script, timeout=timeout, stdin=stdin)
+
+    def stream(self, script: str, *, timeout: float, sink: Sink) -> int:
+        return self.access().stream(script, timeout=timeout, sink=sink)
 
     def interactive_argv(self, host: str | None = None) -> list[str]:
         return self.access().interactive_argv(host)

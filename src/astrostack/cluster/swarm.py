@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from astrostack.cluster import mpi as mpi_mode
-from astrostack.cluster.access import ManagerAccess, Result
+from astrostack.cluster.access import ManagerAccess, Result, Sink
 from astrostack.spec import ClusterSpec, Mode
 
 # Task errors that will not heal by waiting: fail at once with the error.
@@ -138,3 +138,27 @@ def mpirun_argv(spec: ClusterSpec, program: list[str], np: int | None = None) ->
 
 def run_in_master(spec: ClusterSpec, access: ManagerAccess, command: list[str], timeout: float) -> Result:
     return access.run(master_exec_script(spec, command), timeout=timeout)
+
+
+def stream_in_master(spec: ClusterSpec, access: ManagerAccess, command: list[str], timeout: float,
+                     sink: Sink) -> int:
+    """COMMAND in the master container, its output passed to SINK as it comes; its exit code."""
+    return access.stream(master_exec_script(spec, command), timeout=timeout, sink=sink)
+
+
+class TailSink:
+    """Keeps the last ``limit`` bytes of a stream (and passes every chunk on to ``then``)."""
+
+    def __init__(self, limit: int = 4000, then: Sink | None = None):
+        self.limit = limit
+        self.then = then
+        self.buffer = bytearray()
+
+    def __call__(self, chunk: bytes) -> None:
+        self.buffer += chunk
+        del self.buffer[:-self.limit]
+        if self.then is not None:
+            self.then(chunk)
+
+    def text(self) -> str:
+        return self.buffer.decode(errors="replace")
