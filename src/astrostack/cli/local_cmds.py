@@ -1,35 +1,54 @@
-"""`astrostack local ...`: the local cloud on this machine."""
+"""`astrostack local ...`: the local cloud, a real OpenStack on this machine."""
 
 from __future__ import annotations
+
+from typing import Optional
 
 import typer
 
 from astrostack.cli.common import console, print_json
-from astrostack.local import cloud as local_cloud
-from astrostack.local import engine, preflight
+from astrostack.local import controlplane, preflight
 
-app = typer.Typer(help="The local cloud: a real Heat engine whose servers are containers on this machine.",
-                  no_args_is_help=True)
+app = typer.Typer(help="The local cloud: a real OpenStack (Keystone, Nova, Neutron, Cinder, Glance, Heat) "
+                       "on this machine.", no_args_is_help=True)
+
+SERVICE_OPTION = typer.Option(None, "--service", "-s", help="Only this service (repeatable), e.g. heat-api.")
+
+
+def _say(message: str) -> None:
+    console.print(message, highlight=False)
 
 
 @app.command("start")
-def start(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Start the Docker engine and the local Heat engine (a second start is harmless)."""
-    current = local_cloud.ensure_running(note=lambda m: console.print(m, highlight=False))
-    _show(current, as_json)
+def start(service: Optional[list[str]] = SERVICE_OPTION,
+          as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Install (first time), configure and start the local cloud; a second start starts only what is down."""
+    report = controlplane.start(service or None, say=_say)
+    if as_json:
+        print_json({"started": report.started, "compute_driver": report.compute_driver,
+                    "seconds": round(report.seconds, 1)})
 
 
 @app.command("stop")
-def stop() -> None:
-    """Stop the local Heat engine (clusters' container-VMs keep running)."""
-    engine.stop()
-    console.print("local Heat engine stopped")
+def stop(service: Optional[list[str]] = SERVICE_OPTION) -> None:
+    """Stop the services `start` started (or only the named ones)."""
+    stopped = controlplane.stop(service or None, say=_say)
+    _say(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
 
 
 @app.command("status")
 def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Is the local Heat engine running, where, and where it logs."""
-    _show(engine.status(), as_json)
+    """Every service: pid, alive, API answering, memory, log."""
+    rows = controlplane.status(say=_say)
+    if as_json:
+        print_json([row.as_json() for row in rows])
+        return
+    for row in rows:
+        answering = {None: "", True: "[green]answering[/green]", False: "[red]not answering[/red]"}[row.answering]
+        alive = "[green]running[/green]" if row.alive else "[yellow]stopped[/yellow]"
+        pid = row.pid if row.pid else "-"
+        console.print(f"{row.name:<20} {alive:<24} pid {pid!s:<8} {row.rss_bytes / 2**20:6.0f} MiB  "
+                      f"{answering:<30} {row.log}", highlight=False)
 
 
 @app.command("preflight")
@@ -42,21 +61,3 @@ def preflight_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON
     for f in features:
         mark = "[green]yes[/green]" if f.available else "[yellow]no[/yellow]"
         console.print(f"{f.feature:<22} {mark}  {'' if f.available else 'substitute: ' + f.substitute}", highlight=False)
-
-
-def _show(current: engine.EngineStatus, as_json: bool) -> None:
-    data = {
-        "running": current.running,
-        "answering": current.answering,
-        "url": current.url,
-        "pid": current.pid,
-        "log": str(current.log_path),
-        "config": str(current.config_path),
-        "version": current.version,
-    }
-    if as_json:
-        print_json(data)
-        return
-    state_word = "running" if current.running and current.answering else "stopped"
-    console.print(f"local Heat engine: {state_word} at {current.url} (pid {current.pid}, log {current.log_path})",
-                  highlight=False)

@@ -1,0 +1,136 @@
+"""`astrostack local start / stop / status`: the local cloud's control plane as one flow.
+
+start: Debian packages and the OpenStack venv (once), the external bridge,
+config files, MariaDB/RabbitMQ/registry, then (first start only) schemas and
+Keystone's set-up, Keystone, the identity set-up, every other service, and
+the cloud's contents (flavors, external network, quotas, the VM image,
+clouds.yaml). A later start only starts what is not running.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from astrostack.errors import LocalCloudError
+from astrostack.local import (
+    bootstrap,
+    clouds_yaml,
+    config,
+    databases,
+    dockerd,
+    external_net,
+    install,
+    services,
+    site_registry,
+    vm_image,
+)
+
+Progress = Callable[[str], None]
+SKIP_IMAGE_ENV = "ASTROSTACK_LOCAL_SKIP_VM_IMAGE"
+
+
+@dataclass(frozen=True)
+class StartReport:
+    started: list[str]
+    compute_driver: str
+    seconds: float
+
+
+def _localnet_importable() -> bool:
+    return install.venv_can_import(services.LOCALNET_MODULE)
+
+
+def supervisor(say: Progress) -> services.Supervisor:
+    return services.Supervisor(services.service_table(_cached(_localnet_importable)), say)
+
+
+def _cached(check: Callable[[], bool]) -> Callable[[], bool]:
+    """Ask once per run (each check imports in the OpenStack venv: seconds)."""
+    answer: list[bool] = []
+
+    def cached() -> bool:
+        if not answer:
+            answer.append(check())
+        return answer[0]
+    return cached
+
+
+def prepare(say: Progress) -> config.ComputeDriver:
+    """Packages, venv, the external bridge and fresh config files."""
+    install.install_all(say)
+    dockerd.ensure_dockerd()
+    external_net.ensure(say)
+    driver = config.choose_compute_driver()
+    say(f"nova compute_driver = {driver.name} ({driver.reason})")
+    config.write_all(driver.name)
+    databases.ensure_datadir(say)
+    return driver
+
+
+def start(only: Optional[list[str]] = None, say: Progress = print) -> StartReport:
+    """Start the local cloud (or the named services and what they need); harmless when running."""
+    began = time.monotonic()
+    driver = prepare(say)
+    sup = supervisor(say)
+    if only:
+        started = sup.start(only)
+        return StartReport(started, driver.name, time.monotonic() - began)
+    started = _start_all(sup, say)
+    _contents(say)
+    seconds = time.monotonic() - began
+    say(f"local cloud up in {seconds:.0f} s: clouds `{clouds_yaml.USER_CLOUD}` and "
+        f"`{clouds_yaml.ADMIN_CLOUD}` in {clouds_yaml.clouds_yaml_path()}")
+    return StartReport(started, driver.name, seconds)
+
+
+def _start_all(sup: services.Supervisor, say: Progress) -> list[str]:
+    """Everything, with the first start's set-up between the layers that need it."""
+    everything = [service.name for service in sup.table]
+    if bootstrap.complete():
+        say("starting every service")
+        return sup.start(everything)
+    say("first start: infrastructure (MariaDB, RabbitMQ, registry)")
+    started = sup.start(list(services.INFRASTRUCTURE))
+    bootstrap.database_phase(say)
+    started += sup.start(["keystone"])
+    bootstrap.identity_phase(say)
+    say("starting the OpenStack services")
+    started += sup.start(everything)
+    bootstrap.cloud_phase(say)
+    return started
+
+
+def _contents(say: Progress) -> None:
+    """What every start checks: clouds.yaml, the registry trust, the VM image."""
+    clouds_yaml.write()
+    site_registry.trust(say)
+    import os
+
+    if os.environ.get(SKIP_IMAGE_ENV):
+        say(f"VM image not checked ({SKIP_IMAGE_ENV} is set)")
+        return
+    vm_image.ensure(bootstrap.connect_admin(), say)
+
+
+def stop(only: Optional[list[str]] = None, say: Progress = print) -> list[str]:
+    """Stop every service (or the named ones), APIs and daemons first, the infrastructure last."""
+    sup = supervisor(say)
+    if only:
+        known = services.by_name(sup.table)
+        unknown = [name for name in only if name not in known]
+        if unknown:
+            raise LocalCloudError(f"no such service: {', '.join(unknown)}", hint=f"services: {', '.join(known)}")
+        return sup.stop(only)
+    names = [service.name for service in sup.table]
+    infrastructure = [name for name in names if name in services.INFRASTRUCTURE]
+    openstack_side = [name for name in names if name not in services.INFRASTRUCTURE]
+    stopped = sup.stop(openstack_side)
+    stopped += sup.stop([name for name in infrastructure if name != "epmd"])
+    stopped += sup.stop(["epmd"])
+    return stopped
+
+
+def status(say: Progress = print) -> list[services.ServiceStatus]:
+    return supervisor(say).status()
