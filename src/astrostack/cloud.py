@@ -9,6 +9,7 @@ has an API timeout, so one hung socket cannot outlive the phase deadlines.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Optional
 
 import openstack
@@ -24,6 +25,11 @@ LOCAL_CLOUD_ENTRY = "astrostack-local"
 LOCAL_ADMIN_ENTRY = "astrostack-local-admin"
 HEAT_API_VERSION = "1"
 API_TIMEOUT_S = 60
+
+
+def default_cloud() -> str:
+    """Where to look for a cluster astrostack has no record of: OS_CLOUD, else the local cloud."""
+    return os.environ.get("OS_CLOUD") or LOCAL_CLOUD
 
 
 def cloud_entry(cloud: Optional[str]) -> Optional[str]:

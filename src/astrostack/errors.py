@@ -13,6 +13,8 @@ EXIT_FAILURE = 1
 EXIT_INVALID_INPUT = 2
 EXIT_ROLLED_BACK = 3
 EXIT_FAILED_KEPT = 4
+EXIT_BUSY = 5
+EXIT_DEGRADED = 6
 EXIT_INTERRUPTED = 130
 
 
@@ -70,6 +72,10 @@ class CloudUnreachable(CloudError):
 
 class NotFound(CloudError):
     """A named cluster, stack or resource does not exist."""
+
+
+class UnknownCluster(InvalidInput):
+    """No record, no stack and no resource with the cluster's mark: the same exit code in every command."""
 
 
 class PrecheckFailed(InvalidInput):

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from astrostack import cloud, images, keys, paths, state
+from astrostack import cloud, images, keys, marks, paths, state
 from astrostack import stack as heat_stack
 from astrostack.cleanup import OpenStackSweeper, SweepResult, sweep
 from astrostack.cluster.access import StackManagerAccess, forget_host_keys
-from astrostack.cluster.probe import probe_for
-from astrostack.errors import AstrostackError, CloudError, DeployFailed, InvalidInput, WaitTimeout
+from astrostack.cluster.probe import liveness, probe_for
+from astrostack.errors import AstrostackError, CloudError, DeployFailed, InvalidInput, UnknownCluster, WaitTimeout
 from astrostack.monitor import Deadlines, MonitorError, Observation, PhaseEvent, Targets, wait_until_ready
 from astrostack.precheck import precheck
 from astrostack.probe import DeploymentProbe, NovaServerWatch, nova_console_logs
@@ -28,6 +28,7 @@ from astrostack.stack import DeleteFailed, Heat, StackRef
 
 EventSink = Callable[[PhaseEvent], None]
 DELETE_RETRIES = 3
+DEFAULT_DELETE_S = 600
 OUTAGE_RETRY_S = 5.0
 
 
@@ -258,22 +259,78 @@ def _collect_consoles(spec: ClusterSpec, heat: Heat, folder: Path) -> None:
 # status ---------------------------------------------------------------------
 
 
-def status(name: str, *, runtime: Runtime | None = None) -> dict[str, Any]:
-    """The record plus what the cloud says now (the cloud may be unreachable)."""
+def status(name: str, *, cloud_name: Optional[str] = None, quick: bool = False,
+           runtime: Runtime | None = None) -> dict[str, Any]:
+    """The record, what the cloud says now, and (unless QUICK) a live look at the cluster:
+    its servers, its hosts and its nodes as they are. The cloud is the truth: without a
+    readable record, the cluster is found by its stack (``recorded: false``)."""
     runtime = runtime or Runtime()
-    record = state.load(name)
-    try:
-        heat = Heat(runtime.connect(record.cloud), sleep=runtime.sleep)
-        ref = heat.find(name)
-        stack_status = heat.status(ref)[0] if ref else "GONE"
-    except AstrostackError as exc:
-        stack_status = f"UNKNOWN ({exc})"
-    report = state.dump(record)
-    report.pop("spec", None)
-    report["stack_status"] = stack_status
-    for entry in report["phases"].values():
-        entry["seconds"] = _seconds(entry)
+    found = locate(name, cloud_name, runtime)
+    report: dict[str, Any] = {"name": name, "cloud": found.cloud, "recorded": found.record is not None}
+    if found.record:
+        report.update(state.dump(found.record))
+        report.pop("spec", None)
+        for entry in report["phases"].values():
+            entry["seconds"] = _seconds(entry)
+    if found.problem:
+        report["record_problem"] = found.problem.message
+    report["stack_status"] = found.stack_status
+    if not quick and found.ref is not None and found.spec is not None:
+        report["live"] = live_view(found, runtime)
     return report
+
+
+@dataclass
+class Located:
+    """Where a cluster is: its record (if readable), cloud, stack and spec."""
+
+    name: str
+    cloud: str
+    heat: Optional[Heat]
+    ref: Optional[StackRef]
+    record: Optional[state.ClusterRecord]
+    problem: Optional[state.StateCorrupt]
+    stack_status: str
+
+    @property
+    def spec(self) -> Optional[ClusterSpec]:
+        return spec_from_dict(self.record.spec) if self.record else None
+
+
+def locate(name: str, cloud_name: Optional[str], runtime: Runtime) -> Located:
+    """Find NAME from its record, else in CLOUD_NAME (default: OS_CLOUD or local) by its stack."""
+    record, problem = state.try_load(name)
+    where = cloud_name or (record.cloud if record else cloud.default_cloud())
+    try:
+        heat = Heat(runtime.connect(where), sleep=runtime.sleep)
+        ref = heat.find(name)
+    except AstrostackError as exc:
+        if record is None:
+            raise
+        return Located(name, where, None, None, record, problem, f"UNKNOWN ({exc})")
+    if ref is not None and record is None and marks.cluster_tag(name) not in heat.tags(ref):
+        raise InvalidInput(f"stack {name} in cloud {where} is not an astrostack cluster (no tag {marks.cluster_tag(name)})")
+    if ref is None and record is None and not problem:
+        leftovers = sweep(OpenStackSweeper(heat.conn), name, dry_run=True).found
+        if not leftovers:
+            raise UnknownCluster(f"no cluster {name} here or in cloud {where}: no record, no stack, "
+                                 "no resource with its mark", hint="`astrostack list` shows the clusters")
+    status = heat.status(ref)[0] if ref else "GONE"
+    return Located(name, where, heat, ref, record, problem, status)
+
+
+def live_view(found: Located, runtime: Runtime) -> dict[str, Any]:
+    """Servers, hosts and nodes as they are now (no smoke test): ``healthy`` or not, and why."""
+    spec, record = found.spec, found.record
+    assert spec is not None and record is not None and found.heat is not None and found.ref is not None
+    dead = NovaServerWatch(found.heat.conn, spec.name).dead_servers()
+    try:
+        view = liveness(spec, manager_access(spec, found.heat, found.ref, record))
+    except AstrostackError as exc:
+        return {"healthy": False, "dead_servers": dead, "detail": f"cannot look at the cluster: {exc}"}
+    healthy = not dead and view.hosts_ready >= spec.hosts and view.nodes_ready >= spec.nodes
+    return {"healthy": healthy, "hosts_ready": view.hosts_ready, "nodes_ready": view.nodes_ready,
+            "dead_servers": dead, "detail": view.detail}
 
 
 def _seconds(entry: dict[str, Any]) -> Optional[float]:
@@ -333,25 +390,47 @@ def _delete_stack(name: str, cloud_name: str, heat: Heat, ref: StackRef, deadlin
 
 def down(name: str, *, cloud_name: Optional[str] = None, force: bool = False,
          runtime: Runtime | None = None) -> SweepResult:
-    """Delete a cluster and verify nothing is left. A cluster already gone is a no-op."""
+    """Delete a cluster and verify nothing is left. Without a readable record, the
+    cluster is found in the cloud by its stack and its mark, and deleted all the same."""
     runtime = runtime or Runtime()
     with state.cluster_lock(name):
-        record = state.load(name) if state.exists(name) else None
-        cloud_name = cloud_name or (record.cloud if record else None)
-        if cloud_name is None:
-            runtime.note(f"no cluster {name} is known here (see `astrostack list`); nothing to do")
-            return SweepResult()
-        heat = Heat(runtime.connect(cloud_name), sleep=runtime.sleep)
-        ref = heat.find(name)
-        if record:
-            record.status = "deleting"
-            state.save(record)
-        spec_timeout = spec_from_dict(record.spec).timeouts.delete if record else 600
-        result = teardown(name, cloud_name, heat, ref, deadline_s=spec_timeout, runtime=runtime, force=force)
+        found = locate(name, cloud_name, runtime)
+        if found.heat is None:
+            raise CloudError(f"cannot delete {name}: {found.stack_status}")
+        if found.problem:
+            runtime.note(f"{found.problem.message}: deleting what the cloud has of {name}")
+        if found.record:
+            found.record.status = "deleting"
+            state.save(found.record)
+        deadline = found.spec.timeouts.delete if found.spec else DEFAULT_DELETE_S
+        result = teardown(name, found.cloud, found.heat, found.ref, deadline_s=deadline, runtime=runtime, force=force)
         state.delete(name)
         keys.forget_cluster_key(name)
         forget_host_keys(name)
         return result
+
+
+def list_clusters(runtime: Runtime | None = None) -> list[dict[str, Any]]:
+    """Every recorded cluster, every unreadable record (named), and clusters the clouds
+    have (stacks with the astrostack tag) that no record knows."""
+    runtime = runtime or Runtime()
+    records, problems = state.scan()
+    rows: list[dict[str, Any]] = [
+        {"name": r.name, "cloud": r.cloud, "status": r.status, "hosts": r.hosts_target, "nodes": r.nodes_target,
+         "stack_id": r.stack_id, "recorded": True} for r in records]
+    rows += [{"name": Path(p.message.split(":", 1)[0]).stem, "status": "unreadable", "problem": p.message,
+              "recorded": True} for p in problems]
+    known = {row["name"] for row in rows}
+    for cloud_name in sorted({r.cloud for r in records} | {cloud.default_cloud()}):
+        try:
+            stacks = Heat(runtime.connect(cloud_name), sleep=runtime.sleep).list_stacks(tags=marks.GENERIC_TAG)
+        except AstrostackError as exc:
+            runtime.note(f"cloud {cloud_name} not asked: {exc.message}")
+            continue
+        rows += [{"name": s["stack_name"], "cloud": cloud_name, "status": "unrecorded", "stack_id": s["id"],
+                  "stack_status": s.get("stack_status"), "recorded": False}
+                 for s in stacks if s["stack_name"] not in known]
+    return rows
 
 
 def sweep_cloud(cloud_name: str, *, dry_run: bool, runtime: Runtime | None = None) -> SweepResult:

@@ -15,14 +15,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol, TypeVar
 
 from openstack import exceptions as os_exc
 
 from astrostack import marks
 from astrostack import stack as heat_stack
+from astrostack.errors import CloudError
 from astrostack.monitor import NODES, Observation
+from astrostack.retry import call_with_retry
 from astrostack.stack import Heat, StackRef
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,7 @@ class NovaServerWatch:
 
     def dead_servers(self) -> list[tuple[str, str]]:
         dead = []
-        for server in self.conn.compute.servers(details=True, name=f"^{self.cluster}-"):
+        for server in nova_call(lambda: list(self.conn.compute.servers(details=True, name=f"^{self.cluster}-"))):
             if (server.metadata or {}).get(marks.METADATA_KEY) != self.cluster:
                 continue
             if server.status in ("ERROR", "SHUTOFF"):
@@ -66,10 +70,18 @@ class NovaServerWatch:
         return dead
 
 
+def nova_call(call: Callable[[], T]) -> T:
+    """One Nova request: transient errors retried, every SDK error one of ours."""
+    try:
+        return call_with_retry(call)
+    except os_exc.SDKException as exc:
+        raise CloudError(f"Nova: {' '.join(str(exc).split())}") from None
+
+
 def nova_console_logs(cluster: str, conn: Any, length: int = 200) -> dict[str, str]:
     """The console output of each of the cluster's servers, as Nova tells it."""
     logs = {}
-    for server in conn.compute.servers(details=True, name=f"^{cluster}-"):
+    for server in nova_call(lambda: list(conn.compute.servers(details=True, name=f"^{cluster}-"))):
         if (server.metadata or {}).get(marks.METADATA_KEY) != cluster:
             continue
         try:

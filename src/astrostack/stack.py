@@ -123,6 +123,9 @@ class Heat:
         except NotFound:
             return
 
+    def tags(self, ref: StackRef) -> list[str]:
+        return list(self.show(ref).get("tags") or [])
+
     def outputs(self, ref: StackRef) -> dict[str, Any]:
         stack = self.show(ref)
         return {o["output_key"]: o.get("output_value") for o in stack.get("outputs", [])}

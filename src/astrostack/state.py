@@ -21,7 +21,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from astrostack import paths
-from astrostack.errors import AstrostackError, InvalidInput, NotFound
+from astrostack.errors import AstrostackError, InvalidInput, UnknownCluster
 from astrostack.locks import pid_lock
 
 SCHEMA_VERSION = 1
@@ -142,10 +142,31 @@ def exists(name: str) -> bool:
 
 def load(name: str) -> ClusterRecord:
     path = state_path(name)
+    if not path.exists() and not path.is_symlink():
+        raise UnknownCluster(f"no cluster named {name!r} is recorded here", hint="`astrostack list` shows the clusters")
+    return _read(path)
+
+
+def try_load(name: str) -> tuple[Optional[ClusterRecord], Optional[StateCorrupt]]:
+    """(record, None), (None, the reason it cannot be read), or (None, None) when there is none."""
     try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise NotFound(f"no cluster named {name!r}", hint="`astrostack list` shows the clusters") from None
+        return load(name), None
+    except UnknownCluster:
+        return None, None
+    except StateCorrupt as exc:
+        return None, exc
+
+
+def _read(path: Path) -> ClusterRecord:
+    """One record file; anything unreadable (binary, a folder, no permission) is StateCorrupt."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise StateCorrupt(f"{path}: not a cluster record (not UTF-8 text)",
+                           hint="move the file aside; the cluster itself is untouched") from None
+    except OSError as exc:
+        raise StateCorrupt(f"{path}: cannot be read ({exc.strerror or exc})",
+                           hint="move the file aside; the cluster itself is untouched") from None
     return _parse(text, path)
 
 
@@ -195,16 +216,31 @@ def _fsync_directory(directory: Path) -> None:
         os.close(descriptor)
 
 
+def scan() -> tuple[list[ClusterRecord], list[StateCorrupt]]:
+    """Every readable cluster record by name, and what is wrong with each unreadable one:
+    one bad file never hides the others."""
+    records, problems = [], []
+    for path in sorted(_state_dir().glob("*.json")):
+        try:
+            records.append(_read(path))
+        except StateCorrupt as exc:
+            problems.append(exc)
+    return records, problems
+
+
 def list_records() -> list[ClusterRecord]:
-    """Every cluster record, by name. A corrupt file raises :class:`StateCorrupt` naming it."""
-    directory = _state_dir()
-    return [_parse(path.read_text(), path) for path in sorted(directory.glob("*.json"))]
+    """Every readable cluster record, by name."""
+    return scan()[0]
 
 
 def delete(name: str) -> bool:
     """Forget a cluster (its evidence folders stay). Returns whether a record existed."""
+    path = state_path(name)
     try:
-        state_path(name).unlink()
+        if path.is_dir() and not path.is_symlink():
+            path.rmdir()
+        else:
+            path.unlink()
     except FileNotFoundError:
         return False
     _fsync_directory(_state_dir())
@@ -265,6 +301,8 @@ __all__ = [
     "exists",
     "list_records",
     "load",
+    "scan",
+    "try_load",
     "record_phase",
     "save",
     "state_path",

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from astrostack import paths, state
-from astrostack.errors import InvalidInput, NotFound
+from astrostack.errors import InvalidInput, UnknownCluster
 from astrostack.spec import ClusterSpec
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
@@ -81,11 +81,37 @@ def test_save_leaves_no_temporary_files():
     assert sorted(p.name for p in path.parent.iterdir()) == ["demo.json"]
 
 
-def test_load_missing_raises_not_found_with_a_hint():
-    with pytest.raises(NotFound) as caught:
+def test_load_missing_raises_unknown_cluster_with_a_hint():
+    with pytest.raises(UnknownCluster) as caught:
         state.load("nope")
 
-    assert str(caught.value) == "no cluster named 'nope' (`astrostack list` shows the clusters)"
+    assert str(caught.value) == "no cluster named 'nope' is recorded here (`astrostack list` shows the clusters)"
+    assert caught.value.exit_code == 2
+
+
+@pytest.mark.parametrize("bad", ["binary", "truncated", "directory", "unreadable"])
+def test_one_bad_record_never_hides_the_others_and_is_named(bad):
+    state.save(new_record("good"))
+    path = state.state_path("bad")
+    if bad == "binary":
+        path.write_bytes(b"\xff\xfe\x00garbage")
+    elif bad == "truncated":
+        path.write_text(state.state_path("good").read_text()[:40])
+    elif bad == "directory":
+        path.mkdir()
+    else:
+        path.write_text("{}")
+        path.chmod(0)
+
+    records, problems = state.scan()
+    record, problem = state.try_load("bad")
+
+    assert [r.name for r in records] == ["good"]
+    assert len(problems) == 1 and str(path) in problems[0].message
+    assert record is None and problem is not None and "\n" not in problem.message
+    if bad != "unreadable" or os.geteuid() != 0:  # root reads a mode-0 file anyway
+        assert problem.message.startswith(str(path))
+    assert state.delete("bad") and not path.exists() and state.try_load("bad") == (None, None)
 
 
 def test_corrupt_file_is_named():

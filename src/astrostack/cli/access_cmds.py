@@ -30,7 +30,8 @@ def exec_cmd(
     if not command:
         raise InvalidInput("no command given: astrostack exec NAME -- CMD ARGS...")
     spec, access = cluster_access(name)
-    if mpi:
+    if mpi:  # the hostfile of the cluster as it is now, never a stale one
+        swarm.write_hostfile(spec, access)
         command = swarm.mpirun_argv(spec, command)
     exit_code = swarm.stream_in_master(spec, access, command, timeout, sink=_write_through)
     if exit_code != 0:

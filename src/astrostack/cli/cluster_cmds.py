@@ -10,6 +10,7 @@ import typer
 from astrostack import lifecycle, state
 from astrostack.cleanup import SweepResult
 from astrostack.cli.common import console, err_console, print_json, spec_from_path
+from astrostack.errors import EXIT_DEGRADED
 from astrostack.progress import JsonLinesPrinter, ProgressPrinter
 
 
@@ -47,47 +48,74 @@ def up(
 
 def status(
     name: str = typer.Argument(..., help="Cluster name."),
+    cloud: Optional[str] = typer.Option(None, "--cloud", help="Cloud to look in when astrostack has no record of NAME."),
+    quick: bool = typer.Option(False, "--quick", help="The record and the stack only; no look at the hosts and nodes."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Stack status, hosts, nodes and phase timings of a cluster."""
-    report = lifecycle.status(name)
+    """Stack status, hosts, nodes and phase timings of a cluster; exit 6 if it is degraded."""
+    report = lifecycle.status(name, cloud_name=cloud, quick=quick, runtime=_runtime(as_json))
+    live = report.get("live")
     if as_json:
         print_json(report)
-        return
-    console.print(f"cluster {report['name']} ({report['cloud']}, {report['mode']}): {report['status']}", highlight=False)
-    console.print(f"  stack: {report['stack_status']}  hosts {report['hosts_ready']}/{report['hosts_target']}  "
-                  f"nodes {report['nodes_ready']}/{report['nodes_target']}", highlight=False)
-    for phase, entry in report["phases"].items():
-        console.print(f"  {phase:<6} {entry.get('outcome') or 'running'} {entry.get('seconds') or ''}", highlight=False)
+    else:
+        _print_status(report)
+    if live is not None and not live["healthy"]:
+        raise typer.Exit(EXIT_DEGRADED)
+
+
+def _print_status(report: dict) -> None:
+    recorded = "" if report["recorded"] else " [not in astrostack's records: found in the cloud]"
+    console.print(f"cluster {report['name']} ({report['cloud']}, {report.get('mode', '?')}): "
+                  f"{report.get('status', 'unrecorded')}{recorded}", highlight=False)
+    if report.get("record_problem"):
+        console.print(f"  record: {report['record_problem']}", highlight=False)
+    console.print(f"  stack: {report['stack_status']}", highlight=False)
+    if "hosts_target" in report:
+        console.print(f"  recorded: hosts {report['hosts_ready']}/{report['hosts_target']}  "
+                      f"nodes {report['nodes_ready']}/{report['nodes_target']}", highlight=False)
+    live = report.get("live")
+    if live:
+        health = "healthy" if live["healthy"] else "DEGRADED"
+        console.print(f"  now: {health}: {live['detail']}", highlight=False)
+        for server, why in live.get("dead_servers", []):
+            console.print(f"  server {server}: {why}", highlight=False)
+    for phase, entry in report.get("phases", {}).items():
+        console.print(f"  {phase:<6} {entry.get('outcome') or 'unfinished'} {entry.get('seconds') or ''}", highlight=False)
     if report.get("evidence_dir"):
         console.print(f"  evidence: {report['evidence_dir']}", highlight=False)
 
 
 def list_clusters(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Clusters known to the state store."""
-    rows = [{"name": r.name, "cloud": r.cloud, "status": r.status, "hosts": r.hosts_target,
-             "nodes": r.nodes_target, "stack_id": r.stack_id} for r in state.list_records()]
+    """Clusters astrostack has records of, unreadable records, and clusters the clouds have that no record knows."""
+    rows = lifecycle.list_clusters(runtime=_runtime(as_json))
     if as_json:
         print_json(rows)
         return
     if not rows:
         console.print("no clusters (create one: astrostack up SPEC)")
     for row in rows:
-        console.print(f"{row['name']:<24} {row['cloud']:<10} {row['status']:<12} {row['hosts']} hosts {row['nodes']} nodes",
-                      highlight=False)
+        if row["status"] == "unreadable":
+            console.print(f"{row['name']:<24} {'?':<10} unreadable   {row['problem']}", highlight=False)
+        elif not row["recorded"]:
+            console.print(f"{row['name']:<24} {row['cloud']:<10} unrecorded   stack {row['stack_status']} "
+                          f"(`astrostack status {row['name']} --cloud {row['cloud']}`)", highlight=False)
+        else:
+            console.print(f"{row['name']:<24} {row['cloud']:<10} {row['status']:<12} {row['hosts']} hosts "
+                          f"{row['nodes']} nodes", highlight=False)
 
 
 def down(
     name: str = typer.Argument(..., help="Cluster name."),
-    cloud: Optional[str] = typer.Option(None, help="Cloud, when the cluster is not in the state store."),
+    cloud: Optional[str] = typer.Option(None, help="Cloud to look in when astrostack has no record of NAME."),
     force: bool = typer.Option(False, "--force", help="Retry; delete servers first, then the stack again."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation (asked only on a terminal)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Delete a cluster and verify nothing is left (a cluster already gone is a no-op)."""
-    known = cloud is not None or state.exists(name)
+    """Delete a cluster and verify nothing is left, found by its record or, without one, in the cloud."""
+    if not yes and sys.stdin.isatty() and not as_json:
+        typer.confirm(f"Delete cluster {name} and everything it holds (its share included)?", abort=True)
     result = lifecycle.down(name, cloud_name=cloud, force=force, runtime=_runtime(as_json))
-    if known or as_json:  # else lifecycle.down has said, in one line, that there is nothing to do
-        _report_sweep(name, result, as_json, verb="deleted")
+    _report_sweep(name, result, as_json, verb="deleted")
 
 
 def scale(

@@ -5,6 +5,7 @@ test across all of them must succeed before the cluster is "ready"."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from astrostack.cluster import mpi as mpi_mode
@@ -15,6 +16,26 @@ from astrostack.spec import ClusterSpec, Mode
 
 SMOKE_PROGRAM = ["/usr/local/bin/mpi_smoke"]
 SMOKE_TIMEOUT_S = 180
+
+
+@dataclass(frozen=True)
+class Liveness:
+    hosts_ready: int
+    nodes_ready: int
+    detail: str
+
+
+def liveness(spec: ClusterSpec, access: ManagerAccess) -> Liveness:
+    """Hosts and nodes as they are now, from one look through the manager (no smoke test)."""
+    if spec.mode is Mode.swarm:
+        view = swarm.observe(spec, access)
+        return Liveness(view.nodes_ready, view.tasks_running,
+                        f"swarm: {view.nodes_ready}/{spec.hosts} hosts Ready, {view.tasks_running}/{spec.nodes} tasks running"
+                        + (f"; {view.task_errors[-1]}" if view.task_errors else ""))
+    hosts = mpi_mode.observe(spec, access)
+    ranks = dict(zip(spec.host_names(), spec.ranks_per_host()))
+    return Liveness(len(hosts.running), sum(ranks.get(h, 0) for h in hosts.running),
+                    f"mpi: {len(hosts.running)}/{spec.hosts} hosts run their MPI container")
 
 
 def probe_for(spec: ClusterSpec, access: ManagerAccess) -> SwarmNodeProbe | MpiNodeProbe:
