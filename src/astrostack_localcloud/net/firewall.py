@@ -1,0 +1,212 @@
+"""Security groups as iptables chains and ipsets, the way Neutron's iptables firewall
+driver (linuxbridge flavour) writes them, rendered as ``iptables-restore`` and
+``ipset restore`` input (pure).
+
+Bridged traffic reaches the host's FORWARD chain through br_netfilter; the
+one jump ``FORWARD -j astro-FORWARD`` at the top hands every packet of the
+local cloud's bridges to these chains, which give it a final verdict, and
+everything else (Docker's own bridges) returns untouched. Chains are only
+ever replaced whole in one ``iptables-restore --noflush`` transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from astrostack_localcloud.net.desired import DesiredState, FilteredPort, FilterRule
+
+PREFIX = "astro-"
+FORWARD_CHAIN = PREFIX + "FORWARD"
+SG_CHAIN = PREFIX + "sg-chain"
+FALLBACK_CHAIN = PREFIX + "sg-fallback"
+RAW_CHAIN = PREFIX + "PREROUTING"
+IPSET_PREFIX = "astro-sg-"
+
+# Jumps from the built-in chains into ours: (table, built-in chain, our chain).
+JUMPS = (("filter", "FORWARD", FORWARD_CHAIN), ("raw", "PREROUTING", RAW_CHAIN))
+
+PROTOCOL_NAMES = {"1": "icmp", "6": "tcp", "17": "udp", "33": "dccp", "132": "sctp", "136": "udplite"}
+PORT_PROTOCOLS = frozenset({"tcp", "udp", "sctp", "udplite", "dccp"})
+DHCP_CLIENT = "-p udp -m udp --sport 68 --dport 67"
+DHCP_SERVER = "-p udp -m udp --sport 67 --dport 68"
+
+
+def port_chain(kind: str, port_id: str) -> str:
+    """i (to the VM), o (from the VM), s (anti-spoofing): Neutron's i/o/s + port id[:10]."""
+    return f"{PREFIX}{kind}{port_id[:10]}"
+
+
+def is_ours(chain: str) -> bool:
+    return chain.startswith(PREFIX)
+
+
+# --- one security-group rule -------------------------------------------------------------
+
+
+def protocol_name(protocol: str | None) -> str | None:
+    if protocol in (None, "", "0", "any"):
+        return None
+    return PROTOCOL_NAMES.get(protocol, protocol)
+
+
+def _protocol_args(rule: FilterRule) -> list[str]:
+    protocol = protocol_name(rule.protocol)
+    if protocol is None:
+        return []
+    args = ["-p", protocol]
+    if rule.port_min is None:
+        return args
+    if protocol == "icmp":
+        code = f"/{rule.port_max}" if rule.port_max is not None else ""
+        return args + ["-m", "icmp", "--icmp-type", f"{rule.port_min}{code}"]
+    if protocol not in PORT_PROTOCOLS:
+        return args
+    high = rule.port_max if rule.port_max is not None else rule.port_min
+    if rule.port_min == high:
+        return args + ["-m", protocol, "--dport", str(rule.port_min)]
+    return args + ["-m", protocol, "-m", "multiport", "--dports", f"{rule.port_min}:{high}"]
+
+
+def _remote_args(rule: FilterRule) -> list[str]:
+    if rule.remote_ipset:
+        return ["-m", "set", "--match-set", rule.remote_ipset, "src" if rule.direction == "ingress" else "dst"]
+    prefix = rule.remote_prefix
+    if not prefix or prefix.endswith("/0"):
+        return []
+    if "/" not in prefix:
+        prefix += "/32"
+    return ["-s" if rule.direction == "ingress" else "-d", prefix]
+
+
+def rule_args(rule: FilterRule) -> str:
+    return " ".join(_remote_args(rule) + _protocol_args(rule) + ["-j", "RETURN"])
+
+
+# --- one port ----------------------------------------------------------------------------
+
+
+def _group_rules(rules: Iterable[FilterRule]) -> list[str]:
+    """Established first, then the group's rules, INVALID dropped, the rest to the fallback."""
+    lines = ["-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN"]
+    for rule in rules:
+        line = rule_args(rule)
+        if line not in lines:
+            lines.append(line)
+    return lines + ["-m conntrack --ctstate INVALID -j DROP", f"-j {FALLBACK_CHAIN}"]
+
+
+def ingress_rules(port: FilteredPort) -> list[str]:
+    dhcp_replies = [f"-s {ip}/32 {DHCP_SERVER} -j RETURN" for ip in port.dhcp_servers]
+    lines = _group_rules(port.ingress)
+    return lines[:1] + dhcp_replies + lines[1:]
+
+
+def egress_rules(port: FilteredPort) -> list[str]:
+    fixed = [f"-s 0.0.0.0/32 -d 255.255.255.255/32 {DHCP_CLIENT} -j RETURN",
+             f"-j {port_chain('s', port.port_id)}",
+             f"{DHCP_CLIENT} -j RETURN",
+             f"{DHCP_SERVER} -j DROP"]
+    return fixed + _group_rules(port.egress)
+
+
+def spoof_rules(port: FilteredPort) -> list[str]:
+    """Only the port's own MAC with its own addresses (and allowed address pairs) leave it."""
+    pairs = [(mac, ip) for mac, ip in port.address_pairs] + [(port.mac, ip) for ip in port.ips]
+    lines = []
+    for mac, ip in pairs:
+        cidr = ip if "/" in ip else ip + "/32"
+        lines.append(f"-s {cidr} -m mac --mac-source {mac.upper()} -j RETURN")
+    if not port.ips:
+        lines.append(f"-m mac --mac-source {port.mac.upper()} -j RETURN")
+    return lines + ["-j DROP"]
+
+
+def _physdev(direction: str, tap: str) -> str:
+    return f"-m physdev --physdev-{direction} {tap} --physdev-is-bridged"
+
+
+# --- the tables --------------------------------------------------------------------------
+
+
+def filter_chains(state: DesiredState) -> dict[str, list[str]]:
+    """Every chain of ours in the filter table, name -> rule arguments, in order."""
+    ports = sorted(state.filtered_ports, key=lambda p: p.port_id)
+    forward = [f"{_physdev(d, p.tap)} -j {SG_CHAIN}" for p in ports for d in ("out", "in")]
+    # Routers, DHCP and ports without port security on our bridges are not filtered (as in Neutron);
+    # they must be accepted here, since the host's FORWARD policy may be DROP (Docker sets it).
+    bridges = sorted(state.bridges) + [state.external_bridge]
+    forward += [f"-i {b} -o {b} -m physdev --physdev-is-bridged -j ACCEPT" for b in bridges]
+    sg_chain = [f"{_physdev('out', p.tap)} -j {port_chain('i', p.port_id)}" for p in ports]
+    sg_chain += [f"{_physdev('in', p.tap)} -j {port_chain('o', p.port_id)}" for p in ports]
+    chains = {FORWARD_CHAIN: forward, SG_CHAIN: sg_chain + ["-j ACCEPT"], FALLBACK_CHAIN: ["-j DROP"]}
+    for port in ports:
+        chains[port_chain("i", port.port_id)] = ingress_rules(port)
+        chains[port_chain("o", port.port_id)] = egress_rules(port)
+        chains[port_chain("s", port.port_id)] = spoof_rules(port)
+    return chains
+
+
+def raw_chains(state: DesiredState) -> dict[str, list[str]]:
+    """One conntrack zone per network: overlapping CIDRs of two networks never share an entry."""
+    return {RAW_CHAIN: [f"-i {bridge} -j CT --zone {zone}" for bridge, zone in sorted(state.zones.items())]}
+
+
+def _table(name: str, chains: dict[str, list[str]], stale: Iterable[str]) -> list[str]:
+    stale = sorted(set(stale) - set(chains))
+    lines = [f"*{name}"]
+    lines += [f":{chain} - [0:0]" for chain in list(chains) + stale]
+    lines += [f"-A {chain} {rule}" for chain, rules in chains.items() for rule in rules]
+    lines += [f"-X {chain}" for chain in stale]
+    return lines + ["COMMIT"]
+
+
+def render_restore(state: DesiredState, existing: dict[str, set[str]] | None = None) -> str:
+    """iptables-restore --noflush input that replaces our chains and deletes our stale ones.
+
+    ``existing`` is table -> our chains present now (from :func:`chains_in_save`).
+    """
+    existing = existing or {}
+    lines = _table("raw", raw_chains(state), existing.get("raw", ()))
+    lines += _table("filter", filter_chains(state), existing.get("filter", ()))
+    return "\n".join(lines) + "\n"
+
+
+def render_removal(existing: dict[str, set[str]]) -> str:
+    """iptables-restore --noflush input that deletes every chain of ours (after the jumps are gone)."""
+    lines: list[str] = []
+    for table, chains in sorted(existing.items()):
+        if chains:
+            lines += _table(table, {}, chains)
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def chains_in_save(save_text: str) -> dict[str, set[str]]:
+    """Our chains per table in ``iptables-save`` output."""
+    found: dict[str, set[str]] = {}
+    table = ""
+    for line in save_text.splitlines():
+        if line.startswith("*"):
+            table = line[1:].strip()
+            found.setdefault(table, set())
+        elif line.startswith(":") and is_ours(line[1:].split()[0]):
+            found[table].add(line[1:].split()[0])
+    return found
+
+
+# --- ipsets ------------------------------------------------------------------------------
+
+
+def temporary_set(name: str) -> str:
+    return "t" + name
+
+
+def render_ipsets(sets: dict[str, frozenset[str]]) -> str:
+    """ipset restore input that fills each set through a swap (members never half-updated)."""
+    lines = []
+    for name, members in sorted(sets.items()):
+        scratch = temporary_set(name)
+        lines += [f"create {name} hash:net family inet -exist",
+                  f"create {scratch} hash:net family inet -exist", f"flush {scratch}"]
+        lines += [f"add {scratch} {member}" for member in sorted(members)]
+        lines += [f"swap {scratch} {name}", f"destroy {scratch}"]
+    return "\n".join(lines) + "\n" if lines else ""
