@@ -223,8 +223,7 @@ def collect_evidence(spec: ClusterSpec, heat: Heat, ref: StackRef, record: state
         "events.json": lambda: heat.events(ref),
         "resources.json": lambda: heat.resources(ref),
         "failed_resources.json": lambda: heat_stack.failed_resources(heat.resources(ref)),
-        "host_signals.json": lambda: heat_stack.decoded_signal_data(heat.handle_signals(ref)),
-        "nfs_signal.json": lambda: heat_stack.decoded_signal_data(heat.handle_signals(ref, heat_stack.NFS_HANDLE)),
+        "host_signals.json": lambda: heat_stack.decoded_signal_data(heat.host_signals(heat.resources(ref))),
     }
     for filename, fetch in pieces.items():
         _note_failure(notes, filename, lambda fetch=fetch, filename=filename: heat_stack.write_json(folder / filename, fetch()))

@@ -273,7 +273,7 @@ def failure_reasons(observation: Observation, targets: Targets, phase: Optional[
     In the hosts phase, the hosts that never signalled are one more reason
     (when none signalled FAILURE): Heat's own wait-condition timeout only counts them.
     """
-    reasons = [f"host {host} signalled FAILURE: {why}" for host, why in observation.host_failures]
+    reasons = [f"host {host} failed: {why}" for host, why in observation.host_failures]
     reasons += [f"server {name} is in ERROR: {why}" for name, why in observation.servers_in_error]
     if not reasons and not observation.nodes_failure:
         reasons += _silent_hosts(phase, observation, targets)

@@ -107,23 +107,19 @@ class DeploymentProbe:
         before = self.heat.requests
         status, reason = self.heat.status(self.ref)
         resources = self.heat.resources(self.ref)
-        signals = self.heat.handle_signals(self.ref)
-        # The NFS server's FAILURE is a host failure too; read it ourselves
-        # rather than rely on Heat failing nfs_wait (seen to complete anyway).
-        _, nfs_failures = heat_stack.signal_counts(self.heat.handle_signals(self.ref, heat_stack.NFS_HANDLE))
+        waits = heat_stack.host_waits(resources)
         done, total = heat_stack.count_resources(resources)
-        signalled, host_failures = heat_stack.signal_counts(signals)
-        host_failures = host_failures + nfs_failures
         node_view = self._nodes(phase)
         return Observation(
             stack_status=status,
             stack_reason=reason,
             resources_done=done,
             resources_total=total,
-            hosts_signalled=signalled,
-            hosts_missing=[host for host in self.host_ids if host not in signals],
-            host_failures=host_failures,
-            failed_resources=heat_stack.failed_resources(resources),
+            hosts_signalled=len(waits.signalled),
+            hosts_missing=[host for host in self.host_ids if host not in waits.signalled],
+            host_failures=waits.failed + waits.nfs_failed,
+            failed_resources=heat_stack.failed_resources(
+                [r for r in resources if heat_stack.host_of_wait(r) is None]),
             servers_in_error=self.servers.dead_servers(),
             nodes_ready=node_view.ready if node_view else 0,
             nodes_failure=node_view.failure if node_view else None,

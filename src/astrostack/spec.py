@@ -32,10 +32,10 @@ TAG = re.compile(r"^[A-Za-z0-9_.:=-]{1,60}$")
 HEAT_MAX_RESOURCES_PER_STACK = 1000
 HEAT_WAIT_CONDITION_MAX_S = 43200
 HEAT_MIN_TIMEOUT_S = 60
-# Resources outside the worker ResourceGroup, and per worker (port + server
-# + the nested stack itself).
+# Resources outside the worker ResourceGroup, and per worker (port, server,
+# its wait condition and handle, and the nested stack itself).
 FIXED_HEAT_RESOURCES = 21
-HEAT_RESOURCES_PER_WORKER = 3
+HEAT_RESOURCES_PER_WORKER = 5
 # Addresses an overlay network uses besides the containers: network address,
 # broadcast, gateway, and one load-balancer endpoint per Swarm node.
 OVERLAY_RESERVED_ADDRESSES = 3

@@ -23,11 +23,15 @@ from astrostack.errors import CloudError, NotFound, WaitTimeout
 from astrostack.render import Rendered
 from astrostack.retry import call_with_retry
 
-WAIT_CONDITIONS = ("hosts_wait", "nfs_wait")
+WAIT_CONDITION = "OS::Heat::WaitCondition"
+WAIT_CONDITION_HANDLE = "OS::Heat::WaitConditionHandle"
+# The wait condition of each host, by resource name (workers' are in lib/worker.yaml,
+# one per ResourceGroup member: its parent resource is the member's index).
+MANAGER_WAIT = "manager_wait"
+NFS_WAIT = "nfs_wait"
+WORKER_WAIT = "wait"
 # Resource statuses ending in _COMPLETE that do not mean "created": not started yet, gone.
 NOT_DONE = ("INIT_COMPLETE", "DELETE_COMPLETE")
-HOSTS_HANDLE = "hosts_handle"
-NFS_HANDLE = "nfs_handle"
 # Secrets that must never be written into evidence.
 SECRET_KEYS = ("token", "private_key", "secret", "password")
 
@@ -138,12 +142,20 @@ class Heat:
     def resources(self, ref: StackRef, nested_depth: int = 2) -> list[dict[str, Any]]:
         return self.get_json(f"{ref.path}/resources", nested_depth=nested_depth).get("resources", [])
 
-    def handle_signals(self, ref: StackRef, handle: str = HOSTS_HANDLE) -> dict[str, dict[str, Any]]:
-        """Signals a WaitConditionHandle received: {host id: {status, reason, data}}."""
-        try:
-            return self.get_json(f"{ref.path}/resources/{handle}/metadata").get("metadata", {}) or {}
-        except NotFound:
-            return {}
+    def host_signals(self, resources: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """What every host's handle received, {host id: {status, reason, data}}: one
+        request per host, for evidence only (the monitor reads the wait conditions)."""
+        signals: dict[str, dict[str, Any]] = {}
+        for handle in (r for r in resources if r.get("resource_type") == WAIT_CONDITION_HANDLE):
+            path = _self_path(handle)
+            if path is None:
+                continue
+            try:
+                metadata = self.get_json(f"{path}/metadata").get("metadata", {}) or {}
+            except NotFound:
+                continue
+            signals.update(metadata)
+        return signals
 
     def events(self, ref: StackRef, limit: int = 200) -> list[dict[str, Any]]:
         return self.get_json(f"{ref.path}/events", limit=limit, sort_dir="desc", nested_depth=2).get("events", [])
@@ -189,13 +201,60 @@ def stack_body(api: Any, rendered: Rendered) -> dict[str, Any]:
     return {key: attrs[key] for key in ("template", "files", "environment") if key in attrs}
 
 
+def _self_path(resource: dict[str, Any]) -> Optional[str]:
+    """The resource's own API path (``/stacks/NAME/ID/resources/RES``), from its links."""
+    for link in resource.get("links") or []:
+        if link.get("rel") == "self" and "/stacks/" in link.get("href", ""):
+            return "/stacks/" + link["href"].split("/stacks/", 1)[1]
+    return None
+
+
+@dataclass(frozen=True)
+class HostWaits:
+    """The hosts' wait conditions as Heat lists them: who signalled, who failed, who not yet."""
+
+    signalled: list[str]
+    failed: list[tuple[str, str]]
+    pending: list[str]
+    nfs_failed: list[tuple[str, str]]
+
+
+def host_of_wait(resource: dict[str, Any]) -> Optional[str]:
+    """manager, nfs or worker-N for a host's wait condition; None for any other resource."""
+    if resource.get("resource_type") != WAIT_CONDITION:
+        return None
+    name = resource.get("resource_name")
+    if name == MANAGER_WAIT:
+        return "manager"
+    if name == NFS_WAIT:
+        return "nfs"
+    parent = str(resource.get("parent_resource") or "")
+    if name == WORKER_WAIT and parent.isdigit():
+        return f"worker-{parent}"
+    return None
+
+
+def host_waits(resources: list[dict[str, Any]]) -> HostWaits:
+    signalled, failed, pending, nfs_failed = [], [], [], []
+    for resource in resources:
+        host = host_of_wait(resource)
+        status = str(resource.get("resource_status", ""))
+        if host is None or status.startswith("DELETE"):
+            continue
+        if status.endswith("_FAILED"):
+            (nfs_failed if host == "nfs" else failed).append((host, resource.get("resource_status_reason") or status))
+        elif host != "nfs":
+            (signalled if _is_done(status) else pending).append(host)
+    return HostWaits(signalled, failed, pending, nfs_failed)
+
+
 def count_resources(resources: list[dict[str, Any]]) -> tuple[int, int]:
     """(done, total) over the resources whose completion does not wait on hosts.
 
     INIT_COMPLETE is a resource Heat has not started yet (every resource of a
     stack just created lists so), DELETE_COMPLETE one that is gone: neither is done.
     """
-    relevant = [r for r in resources if r.get("resource_name") not in WAIT_CONDITIONS]
+    relevant = [r for r in resources if r.get("resource_type") != WAIT_CONDITION]
     done = sum(1 for r in relevant if _is_done(str(r.get("resource_status", ""))))
     return done, len(relevant)
 

@@ -114,7 +114,7 @@ def test_failure_signal_fails_within_one_poll_not_at_the_deadline():
     assert failed_at <= clock.now <= failed_at + POLICY.maximum
     assert clock.now < STACK_DONE_AT + DEADLINES.hosts
     assert "hosts phase failed" in error.message
-    assert "worker-1 signalled FAILURE: cloud-init: apt-get install docker.io failed" in error.message
+    assert "worker-1 failed: cloud-init: apt-get install docker.io failed" in error.message
     assert error.observation.host_failures == [("worker-1", "cloud-init: apt-get install docker.io failed")]
     assert error.phases["hosts"].outcome == "failed"
     assert isinstance(error, MonitorError) and isinstance(error, AstrostackError)
@@ -174,7 +174,7 @@ def test_every_failure_is_named_the_most_specific_first():
         wait(clock, probe)
 
     message = caught.value.message
-    assert message.index("worker-0 signalled FAILURE") < message.index("and 2 more")
+    assert message.index("worker-0 failed") < message.index("and 2 more")
     assert message.index("server worker-1") < message.index("stack is CREATE_FAILED")
 
 
@@ -359,7 +359,7 @@ def test_failure_is_the_last_event_and_serialises_to_one_json_line():
     assert len(lines) == len(events)
     assert lines[-1]["event"] == "failed" and lines[-1]["phase"] == "hosts"
     assert lines[-1]["hosts"] == {"signalled": 1, "target": 3}
-    assert "worker-1 signalled FAILURE: disk full" in lines[-1]["message"]
+    assert "worker-1 failed: disk full" in lines[-1]["message"]
 
 
 # Progress line ----------------------------------------------------------------

@@ -222,7 +222,8 @@ def test_worker_group_members_are_the_nested_worker_template(out, cluster, envir
 
     target = environment["resource_registry"][member_type]
     assert (out / target).resolve() == (out / "lib" / "worker.yaml").resolve()
-    assert Counter(r["type"] for r in worker["resources"].values()) == {"OS::Neutron::Port": 1, "OS::Nova::Server": 1}
+    assert Counter(r["type"] for r in worker["resources"].values()) == {
+        "OS::Neutron::Port": 1, "OS::Nova::Server": 1, "OS::Heat::WaitConditionHandle": 1, "OS::Heat::WaitCondition": 1}
     # Every property the group passes is a parameter of the nested template, and
     # every parameter without a default is passed.
     passed = set(group["properties"]["resource_def"]["properties"])
@@ -351,7 +352,7 @@ def _violations(template: dict[str, Any], values: dict[str, Any]) -> list[str]:
     [
         pytest.param({}, id="defaults"),
         pytest.param({"hosts": 1, "nodes": 1}, id="one-host"),
-        pytest.param({"hosts": 327, "nodes": 327, "overlay": {"subnet": "10.1.0.0/16"},
+        pytest.param({"hosts": 196, "nodes": 196, "overlay": {"subnet": "10.1.0.0/16"},
                       "network": {"cidr": "10.10.0.0/16"}}, id="heat-limit"),
         pytest.param({"timeouts": {"hosts_ready": 60}}, id="shortest-timeout"),
         pytest.param({"timeouts": {"hosts_ready": 43200}}, id="longest-timeout"),
@@ -492,23 +493,19 @@ def test_the_cluster_secret_reaches_hosts_only_through_user_data(cluster):
                 assert ("__ASTROSTACK_SECRET__", {"get_attr": arg}) in replaced, name
 
 
-def test_the_hosts_wait_condition_waits_for_every_host(cluster, params, sagecal):
-    """Its count equals the servers that signal its handle: the manager plus each worker."""
-    resources = cluster["resources"]
-    for wait in of_type(cluster, "OS::Heat::WaitCondition").values():
-        handle = wait["properties"]["handle"]["get_resource"]
-        signallers = 0
-        for res in resources.values():
-            if res["type"] == "OS::Nova::Server":
-                body = res["properties"]["user_data"]
-                signallers += any(first(a) == handle for a in calls(body, "get_attr"))
-            elif res["type"] == "OS::Heat::ResourceGroup":
-                body = res["properties"]["resource_def"]["properties"]["user_data"]
-                if any(first(a) == handle for a in calls(body, "get_attr")):
-                    signallers += resolve(res["properties"]["count"], params)
-        assert resolve(wait["properties"]["count"], params) == signallers
-    hosts_wait = resources["hosts_wait"]["properties"]["count"]
-    assert resolve(hosts_wait, params) == sagecal.hosts == 12
+def test_every_host_signals_a_wait_condition_of_its_own(cluster, worker):
+    """One server signals each handle, once: the manager and the NFS server in the
+    cluster template, each worker in its own nested stack (a fresh token per worker)."""
+    for template in (cluster, worker):
+        resources = template["resources"]
+        for wait in of_type(template, "OS::Heat::WaitCondition").values():
+            handle = wait["properties"]["handle"]["get_resource"]
+            signallers = [name for name, res in resources.items() if res["type"] == "OS::Nova::Server"
+                          and any(first(a) == handle for a in calls(res["properties"]["user_data"], "get_attr"))]
+            assert len(signallers) == 1 and wait["properties"]["count"] == 1, (handle, signallers)
+    group = next(iter(of_type(cluster, "OS::Heat::ResourceGroup").values()))
+    assert not calls(group["properties"]["resource_def"]["properties"]["user_data"], "get_attr") or all(
+        first(a) != "manager_handle" for a in calls(group["properties"]["resource_def"], "get_attr"))
 
 
 # The user-data ----------------------------------------------------------------

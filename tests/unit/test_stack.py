@@ -2,17 +2,48 @@
 
 from __future__ import annotations
 
-from astrostack.stack import count_resources, decoded_signal_data, failed_resources, scrub, signal_counts
+from astrostack.stack import (
+    WAIT_CONDITION,
+    count_resources,
+    decoded_signal_data,
+    failed_resources,
+    host_waits,
+    scrub,
+    signal_counts,
+)
 
 
-def _r(name, status, reason=""):
-    return {"resource_name": name, "resource_status": status, "resource_status_reason": reason}
+def _r(name, status, reason="", rtype="OS::Nova::Server", parent=None):
+    resource = {"resource_name": name, "resource_status": status, "resource_status_reason": reason,
+                "resource_type": rtype}
+    if parent is not None:
+        resource["parent_resource"] = parent
+    return resource
 
 
-def test_resources_not_started_are_not_done():
+def _wait(name, status, parent=None, reason=""):
+    return _r(name, status, reason, WAIT_CONDITION, parent)
+
+
+def test_resources_not_started_are_not_done_and_wait_conditions_are_not_counted():
     resources = [_r("network", "CREATE_COMPLETE"), _r("manager", "INIT_COMPLETE"),
-                 _r("old", "DELETE_COMPLETE"), _r("hosts_wait", "CREATE_IN_PROGRESS")]
+                 _r("old", "DELETE_COMPLETE"), _wait("manager_wait", "CREATE_IN_PROGRESS"),
+                 _wait("wait", "CREATE_IN_PROGRESS", parent="0")]
     assert count_resources(resources) == (1, 3)
+
+
+def test_each_host_is_read_from_its_own_wait_condition():
+    resources = [_wait("manager_wait", "CREATE_COMPLETE"), _wait("wait", "CREATE_COMPLETE", parent="0"),
+                 _wait("wait", "CREATE_FAILED", parent="1", reason="WaitConditionFailure: disk full"),
+                 _wait("wait", "CREATE_IN_PROGRESS", parent="2"), _wait("wait", "DELETE_COMPLETE", parent="3"),
+                 _wait("nfs_wait", "CREATE_FAILED", reason="no volume"), _r("wait", "CREATE_COMPLETE", parent="4")]
+
+    waits = host_waits(resources)
+
+    assert waits.signalled == ["manager", "worker-0"]
+    assert waits.failed == [("worker-1", "WaitConditionFailure: disk full")]
+    assert waits.pending == ["worker-2"]
+    assert waits.nfs_failed == [("nfs", "no volume")]
 
 
 def test_failed_resources_carry_their_reason():
