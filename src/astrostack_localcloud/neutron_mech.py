@@ -3,8 +3,10 @@
 The local cloud has no Neutron agents; its data plane is the
 ``astrostack-localnet`` agent and the Nova driver, which plug a port into
 the Linux bridge of its network (:func:`naming.network_bridge`). Binding is
-therefore unconditional: VIF type ``bridge``, the bridge's name in
-``vif_details``, status ACTIVE (so Neutron tells Nova network-vif-plugged).
+therefore unconditional: VIF type ``other`` (Nova 34 refuses ``bridge``:
+"Linux bridge VIFs are no longer supported"), the bridge's name in
+``vif_details["bridge_name"]`` (Nova passes it on as ``vif["details"]``),
+status ACTIVE (so Neutron tells Nova network-vif-plugged).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ class AstrostackMechanismDriver(api.MechanismDriver):
         if context.current.get(portbindings.VNIC_TYPE, portbindings.VNIC_NORMAL) != portbindings.VNIC_NORMAL:
             return
         for segment in context.segments_to_bind:
-            context.set_binding(segment[api.ID], portbindings.VIF_TYPE_BRIDGE,
+            context.set_binding(segment[api.ID], portbindings.VIF_TYPE_OTHER,
                                 self.vif_details(context.network.current["id"]),
                                 status=constants.PORT_STATUS_ACTIVE)
             return

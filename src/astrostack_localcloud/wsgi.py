@@ -16,11 +16,13 @@ import logging
 import os
 import signal
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
 LOG = logging.getLogger("astrostack_localcloud.wsgi")
 THREADS = 8
+STOP_GRACE_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,13 @@ def serve(application: Callable, host: str, port: int, name: str) -> None:
     server = wsgi.Server((host, port), application, numthreads=THREADS, server_name=name,
                          request_queue_size=64)
     server.max_request_body_size = 0  # Glance uploads images of any size
-    stop = lambda *_: server.stop()  # noqa: E731
+
+    def stop(*_: object) -> None:
+        # cheroot's stop() joins its worker threads, which may sit in a keep-alive
+        # read; it runs beside the signal handler, and the process ends regardless.
+        threading.Thread(target=server.stop, daemon=True).start()
+        threading.Timer(STOP_GRACE_S, os._exit, args=(0,)).start()
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     LOG.warning("%s serving on http://%s:%d", name, host, port)

@@ -1,0 +1,154 @@
+"""The local cloud is a real OpenStack: a Heat stack of what a cluster host needs, created and deleted.
+
+Through the `astrostack-local` cloud (the user astrostack, real Keystone
+auth, trusts, stack-domain users), a stack with Net/Subnet/Router/
+RouterInterface/SecurityGroup/Port/FloatingIP/Volume/VolumeAttachment/Server
+and a WaitCondition reaches CREATE_COMPLETE; its delete leaves every count
+where it was. The server signals the wait condition itself when it really
+boots (the container driver); the test signals it too, so the test also holds
+with the fake compute driver, where no VM runs.
+
+Environment: ASTROSTACK_TEST_TIMEOUT bounds each wait (default 180 s).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+openstack = pytest.importorskip("openstack")
+
+from astrostack.local import clouds_yaml, controlplane  # noqa: E402
+
+pytestmark = pytest.mark.functional
+TEMPLATE = Path(__file__).parent / "templates" / "local_openstack.yaml"
+POLL_S = 2.0
+
+
+def _timeout() -> float:
+    return float(os.environ.get("ASTROSTACK_TEST_TIMEOUT", "180"))
+
+
+@pytest.fixture(scope="module")
+def clouds():
+    """(user, admin) connections to the local cloud, started if it is not running."""
+    if os.geteuid() != 0:
+        pytest.skip("the local cloud needs root (bridges, iptables, apt-get)")
+    controlplane.start(say=print)
+    user = openstack.connect(cloud=clouds_yaml.USER_CLOUD, api_timeout=60)
+    admin = openstack.connect(cloud=clouds_yaml.ADMIN_CLOUD, api_timeout=60)
+    yield user, admin
+    user.close()
+    admin.close()
+
+
+def counts(user, admin) -> dict[str, int]:
+    """What a stack creates and its delete must remove, in the astrostack project."""
+    project_id = user.current_project_id
+    user_id = user.current_user_id
+    heat_domain = admin.identity.find_domain("heat", ignore_missing=False)
+    return {
+        "servers": len(list(user.compute.servers())),
+        "ports": len(list(user.network.ports(project_id=project_id))),
+        "networks": len(list(user.network.networks(project_id=project_id))),
+        "routers": len(list(user.network.routers(project_id=project_id))),
+        "floating_ips": len(list(user.network.ips(project_id=project_id))),
+        "security_groups": len(list(user.network.security_groups(project_id=project_id))),
+        "volumes": len(list(user.block_storage.volumes())),
+        "stacks": len(list(user.orchestration.stacks())),
+        "trusts": len(list(admin.identity.trusts(trustor_user_id=user_id))),
+        "stack_domain_users": len(list(admin.identity.users(domain_id=heat_domain.id))),
+    }
+
+
+def wait_for(what: str, ready, timeout: float):
+    """Poll ``ready()`` until it returns something truthy; fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = ready()
+        if value:
+            return value
+        time.sleep(POLL_S)
+    pytest.fail(f"{what}: not within {timeout:.0f} s")
+
+
+def stack_status(user, stack_id: str) -> str:
+    return user.orchestration.get_stack(stack_id).status
+
+
+def settled(user, stack_id: str) -> str | None:
+    """The stack's status once it no longer ends in IN_PROGRESS (a rollback passes through FAILED)."""
+    status = stack_status(user, stack_id)
+    return None if status.endswith("IN_PROGRESS") else status
+
+
+def curl_cli(user, stack) -> str | None:
+    """The wait condition handle's signal command, once Heat can resolve it."""
+    answer = user.orchestration.get(f"/stacks/{stack.name}/{stack.id}/outputs/curl_cli")
+    if answer.status_code != 200:
+        return None
+    return (answer.json().get("output") or {}).get("output_value") or None
+
+
+def signal_handle(command: str) -> None:
+    """Do what the handle's curl_cli does, with the body a booted server sends."""
+    words = shlex.split(command)
+    url = next(word for word in words if word.startswith("http"))
+    headers = dict(words[i + 1].split(": ", 1) for i, word in enumerate(words) if word == "-H")
+    body = {"status": "SUCCESS", "id": "test", "data": "signalled by the test"}
+    answer = requests.post(url, headers=headers, json=body, timeout=30)
+    assert answer.status_code < 300, answer.text
+
+
+def failure_reason(user, stack_id: str) -> str:
+    stack = user.orchestration.get_stack(stack_id)
+    failed = [f"{r.name}: {r.status_reason}" for r in user.orchestration.resources(stack_id)
+              if r.status.endswith("FAILED")]
+    return f"{stack.status} ({stack.status_reason}); " + "; ".join(failed)
+
+
+def test_stack_with_server_volume_floating_ip_and_wait_condition(clouds):
+    user, admin = clouds
+    timeout = _timeout()
+    before = counts(user, admin)
+    name = f"t-local-{uuid.uuid4().hex[:8]}"
+    started = time.monotonic()
+    stack = user.orchestration.create_stack(name=name, template=TEMPLATE.read_text(), timeout_mins=15,
+                                            disable_rollback=True)
+    try:
+        command = wait_for("the wait condition handle's curl_cli", lambda: curl_cli(user, stack), timeout)
+        signal_handle(command)
+        status = wait_for("the stack to settle", lambda: settled(user, stack.id), timeout)
+        assert status == "CREATE_COMPLETE", failure_reason(user, stack.id)
+        created_s = time.monotonic() - started
+        server = next(user.compute.servers(name=f"{name}-server"), None) or next(iter(user.compute.servers()))
+        assert server.status == "ACTIVE"
+        attachments = list(user.compute.volume_attachments(server))
+        assert len(attachments) == 1
+        outputs = {o["output_key"]: o["output_value"] for o in user.orchestration.get_stack(stack.id).outputs}
+        assert outputs["floating_ip"].startswith("172.24.4.") or os.environ.get("ASTROSTACK_LOCAL_EXTERNAL_CIDR")
+    finally:
+        deleted_at = time.monotonic()
+        user.orchestration.delete_stack(stack.id)
+        wait_for("the stack's delete", lambda: user.orchestration.find_stack(stack.id) is None
+                 or stack_status(user, stack.id) in ("DELETE_COMPLETE", "DELETE_FAILED"), timeout)
+    deleted_s = time.monotonic() - deleted_at
+    assert stack_status_or_gone(user, stack.id) in (None, "DELETE_COMPLETE"), failure_reason(user, stack.id)
+    after = wait_for("every count back where it was", lambda: _same(before, counts(user, admin)), 60)
+    assert after == before
+    print(f"\nstack create {created_s:.0f} s, delete {deleted_s:.0f} s; counts {before}")
+
+
+def stack_status_or_gone(user, stack_id: str) -> str | None:
+    stack = user.orchestration.find_stack(stack_id)
+    return None if stack is None else stack.status
+
+
+def _same(before: dict[str, int], now: dict[str, int]) -> dict[str, int] | None:
+    return now if now == before else None
