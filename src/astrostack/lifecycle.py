@@ -16,10 +16,22 @@ from typing import Any, Callable, Optional
 from astrostack import cloud, images, keys, marks, paths, state
 from astrostack import stack as heat_stack
 from astrostack.cleanup import OpenStackSweeper, SweepResult, sweep
+from astrostack.cluster import mpi as mpi_mode
+from astrostack.cluster import swarm
 from astrostack.cluster.access import StackManagerAccess, forget_host_keys
 from astrostack.cluster.probe import liveness, probe_for
 from astrostack.errors import AstrostackError, CloudError, DeployFailed, InvalidInput, UnknownCluster, WaitTimeout
-from astrostack.monitor import Deadlines, MonitorError, Observation, PhaseEvent, Targets, wait_until_ready
+from astrostack.monitor import (
+    HOSTS,
+    NODES,
+    STACK,
+    Deadlines,
+    MonitorError,
+    Observation,
+    PhaseEvent,
+    Targets,
+    wait_until_ready,
+)
 from astrostack.precheck import precheck
 from astrostack.probe import DeploymentProbe, NovaServerWatch, nova_console_logs
 from astrostack.render import render, stack_tags
@@ -444,57 +456,130 @@ def sweep_cloud(cloud_name: str, *, dry_run: bool, runtime: Runtime | None = Non
 
 
 def scale(name: str, hosts: int, nodes: Optional[int] = None, *, runtime: Runtime | None = None) -> state.ClusterRecord:
-    """Stack update of the worker count (rolled back by Heat on failure)."""
+    """Resize a ready cluster: a deployment like `up`. The stack update, then every
+    host signalled, then every node running and the smoke test passed; on failure,
+    evidence and a return to the old size. Workers removed from a Swarm are
+    drained first and removed from it after."""
     runtime = runtime or Runtime()
     with state.cluster_lock(name):
         record = state.load(name)
+        if record.status != "ready":
+            raise InvalidInput(f"cluster {name} is {record.status}, not ready: `astrostack status {name}`")
         old = spec_from_dict(record.spec)
-        data = old.model_dump(mode="json")
-        data.update(hosts=hosts, nodes=nodes if nodes is not None else max(hosts, old.nodes * hosts // old.hosts))
-        new = spec_from_dict(data, source="scale")
+        new = resized(old, hosts, nodes)
         heat = Heat(runtime.connect(new.cloud), sleep=runtime.sleep)
-        ref = heat.find(name)
-        if ref is None:
-            raise InvalidInput(f"cluster {name} has no stack (status {record.status}); run `astrostack up` first")
-        update = {
-            "worker_count": new.workers,
-            "worker_removal_policies": removal_policies(old.workers, new.workers),
-        }
-        minutes = max(1, -(-(new.timeouts.stack_create + new.timeouts.hosts_ready) // 60))
-        heat.update_parameters(ref, update, timeout_mins=minutes)
-        outcome = _wait_for_update(heat, ref, new.timeouts.stack_create + new.timeouts.hosts_ready, runtime)
-        if outcome != "UPDATE_COMPLETE":
-            _, reason = heat.status(ref)
-            raise DeployFailed(f"scale of {name} to {hosts} hosts ended {outcome}: {reason}", phase="scale",
-                               rolled_back=outcome == "ROLLBACK_COMPLETE")
-        record.spec = new.model_dump(mode="json")
-        record.spec_hash = new.spec_hash()
-        record.hosts_target, record.nodes_target = new.hosts, new.nodes
+        ref = _stack_of(name, heat, record)
+        manager = manager_access(old, heat, ref, record)
+        record.previous_spec, record.status = record.spec, "scaling"
         state.save(record)
-        if new.mode is Mode.swarm and new.nodes != old.nodes:
-            _rescale_workers(new, runtime)
+        try:
+            _resize(old, new, heat, ref, manager, record, runtime)
+        except MonitorError as exc:
+            raise _settle_scale_failure(old, new, heat, ref, manager, record, exc, runtime) from None
+        _accept(record, new)
         return record
 
 
-def _rescale_workers(spec: ClusterSpec, runtime: Runtime) -> None:
-    """Swarm mode: the worker service follows the new node count."""
-    from astrostack.cluster.access import ClusterAccessError, cluster_access
+def resized(old: ClusterSpec, hosts: int, nodes: Optional[int]) -> ClusterSpec:
+    """OLD with HOSTS hosts and NODES nodes (default: the same nodes per host)."""
+    data = old.model_dump(mode="json")
+    data.update(hosts=hosts, nodes=nodes if nodes is not None else max(hosts, old.nodes * hosts // old.hosts))
+    return spec_from_dict(data, source="scale")
 
+
+def _stack_of(name: str, heat: Heat, record: state.ClusterRecord) -> StackRef:
+    ref = heat.find(name)
+    if ref is None:
+        raise InvalidInput(f"cluster {name} has no stack (status {record.status}); run `astrostack up` first")
+    return ref
+
+
+def _resize(old: ClusterSpec, new: ClusterSpec, heat: Heat, ref: StackRef, manager: StackManagerAccess,
+            record: state.ClusterRecord, runtime: Runtime) -> None:
+    """Update the stack to NEW's size and wait, as `up` does, until NEW is ready."""
+    removed = [f"{old.name}-worker-{i}" for i in range(new.workers, old.workers)]
+    if removed and old.mode is Mode.swarm:
+        runtime.note(f"draining {', '.join(removed)} (their tasks move to the other hosts)")
+        swarm.drain(manager, removed)
+    minutes = max(1, -(-(new.timeouts.stack_create + new.timeouts.hosts_ready) // 60))
+    before = heat.show(ref).get("updated_time")
+    heat.update_parameters(ref, {"worker_count": new.workers}, timeout_mins=minutes)
+    heat.wait_update_started(ref, before, deadline_s=60, clock=runtime.clock)
+    probe = DeploymentProbe(heat, ref, servers=NovaServerWatch(heat.conn, new.name),
+                            nodes=probe_for(new, manager), host_ids=new.host_names())
+    targets = Targets(new.hosts, new.nodes, stack_status="UPDATE_COMPLETE")
+    wait = dict(clock=runtime.clock, sleep=runtime.sleep, on_event=_recording(record, runtime.on_event))
+    wait_until_ready(probe, targets, Deadlines.from_spec(new), phases=(STACK, HOSTS), **wait)
+    _follow_hosts(old, new, manager, [f"worker-{i}" for i in range(new.workers, old.workers)], removed)
+    wait_until_ready(probe, targets, Deadlines.from_spec(new), phases=(NODES,), **wait)
+
+
+def _follow_hosts(old: ClusterSpec, new: ClusterSpec, manager: StackManagerAccess, removed_hosts: list[str],
+                  removed_nodes: list[str]) -> None:
+    """The containers follow the hosts: Swarm forgets removed nodes and the worker
+    service takes the new count; MPI mode forgets removed hosts' reports."""
+    if new.mode is Mode.swarm:
+        swarm.forget_nodes(manager, removed_nodes)
+        swarm.scale_workers(new, manager)
+    else:
+        mpi_mode.forget_hosts(new, manager, removed_hosts)
+
+
+def _accept(record: state.ClusterRecord, new: ClusterSpec) -> None:
+    record.spec = new.model_dump(mode="json")
+    record.spec_hash = new.spec_hash()
+    record.hosts_target, record.nodes_target = new.hosts, new.nodes
+    record.hosts_ready, record.nodes_ready = new.hosts, new.nodes
+    record.status = "ready"
+    state.save(record)
+
+
+def _settle_scale_failure(old: ClusterSpec, new: ClusterSpec, heat: Heat, ref: StackRef, manager: StackManagerAccess,
+                          record: state.ClusterRecord, error: MonitorError, runtime: Runtime) -> DeployFailed:
+    """Evidence first, then back to the old size (itself waited for like a deployment)."""
+    evidence = collect_evidence(new, heat, ref, record, error)
+    record.evidence_dir = str(evidence)
+    runtime.note(f"scale of {new.name} to {new.hosts} hosts failed: returning to {old.hosts} hosts")
     try:
-        _, access = cluster_access(spec.name)
-        result = access.run(f"docker service scale --detach {spec.name}-worker={spec.nodes - 1}", timeout=120)
-    except ClusterAccessError as exc:
-        runtime.note(f"stack scaled, but the worker service was not: {exc}")
-        return
-    if not result.ok:
-        runtime.note(f"stack scaled, but `docker service scale` said: {result.output.strip()[-200:]}")
+        _resize(new, old, heat, ref, manager, record, runtime)
+    except (MonitorError, AstrostackError) as exc:
+        record.status = "failed"
+        state.save(record)
+        return DeployFailed(f"scale failed: {error.message}; returning to {old.hosts} hosts failed too: {exc}",
+                            phase=error.phase, evidence=str(evidence), rolled_back=False,
+                            hint=f"evidence in {evidence}; `astrostack status {new.name}`")
+    _accept(record, old)
+    return DeployFailed(f"scale failed: {error.message}; back to {old.hosts} hosts, {old.nodes} nodes",
+                        phase=error.phase, evidence=str(evidence), rolled_back=True, hint=f"evidence in {evidence}")
 
 
-def removal_policies(old_workers: int, new_workers: int) -> list[dict[str, list[str]]]:
-    """Remove the highest-indexed workers first (they hold the fewest ranks)."""
-    if new_workers >= old_workers:
-        return []
-    return [{"resource_list": [str(i) for i in range(new_workers, old_workers)]}]
+def rollback(name: str, *, runtime: Runtime | None = None) -> state.ClusterRecord:
+    """Return a cluster to its size before the last scale (a deployment like
+    `scale`); a stack update still under way is cancelled first (Heat rolls it back)."""
+    runtime = runtime or Runtime()
+    with state.cluster_lock(name):
+        record = state.load(name)
+        current = spec_from_dict(record.spec)
+        heat = Heat(runtime.connect(current.cloud), sleep=runtime.sleep)
+        ref = _stack_of(name, heat, record)
+        status, _ = heat.status(ref)
+        if status == "UPDATE_IN_PROGRESS":
+            heat.cancel_update(ref)
+            _wait_for_update(heat, ref, current.timeouts.stack_create, runtime)
+        if record.previous_spec is None:
+            raise InvalidInput(f"cluster {name} has not been scaled: nothing to roll back to")
+        previous = spec_from_dict(record.previous_spec)
+        manager = manager_access(current, heat, ref, record)
+        record.status = "scaling"
+        state.save(record)
+        try:
+            _resize(current, previous, heat, ref, manager, record, runtime)
+        except MonitorError as exc:
+            raise _settle_scale_failure(current, previous, heat, ref, manager, record, exc, runtime) from None
+        _accept(record, previous)
+        record.previous_spec = None
+        state.save(record)
+        return record
 
 
 def _wait_for_update(heat: Heat, ref: StackRef, deadline_s: float, runtime: Runtime) -> str:
@@ -507,26 +592,3 @@ def _wait_for_update(heat: Heat, ref: StackRef, deadline_s: float, runtime: Runt
         runtime.sleep(min(2.0, max(0.0, deadline - runtime.clock())))
     raise WaitTimeout(f"stack {ref.name} still {status} after {deadline_s:.0f} s",
                       hint=f"`astrostack rollback {ref.name}`")
-
-
-def rollback(name: str, *, runtime: Runtime | None = None) -> str:
-    """Undo a stuck or failed update: cancel it (Heat rolls back) or
-    re-apply the last good worker count."""
-    runtime = runtime or Runtime()
-    with state.cluster_lock(name):
-        record = state.load(name)
-        spec = spec_from_dict(record.spec)  # the last good spec: updated only after a scale succeeds
-        heat = Heat(runtime.connect(spec.cloud), sleep=runtime.sleep)
-        ref = heat.find(name)
-        if ref is None:
-            raise InvalidInput(f"cluster {name} has no stack to roll back")
-        status, _ = heat.status(ref)
-        if status == "UPDATE_IN_PROGRESS":
-            heat.cancel_update(ref)
-        elif status in ("UPDATE_FAILED", "ROLLBACK_FAILED"):
-            heat.update_parameters(ref, {"worker_count": spec.workers, "worker_removal_policies": []},
-                                   timeout_mins=max(1, spec.timeouts.stack_create // 60))
-        else:
-            runtime.note(f"stack {name} is {status}: nothing to roll back")
-            return status
-        return _wait_for_update(heat, ref, spec.timeouts.stack_create, runtime)

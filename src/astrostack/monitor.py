@@ -373,15 +373,16 @@ def wait_until_ready(
     sleep: Callable[[float], None] = time.sleep,
     on_event: Optional[EventCallback] = None,
     poll: PollPolicy = PollPolicy(),
+    phases: Sequence[str] = PHASES,
 ) -> Readiness:
-    """Poll ``probe`` through the stack, hosts and nodes phases.
+    """Poll ``probe`` through the stack, hosts and nodes phases (or the given ones, in that order).
 
     Returns a :class:`Readiness` record; raises :class:`PhaseFailed` as soon as
     a terminal state is seen and :class:`PhaseTimeout` when a phase's deadline
     or the total deadline passes (checked to within one poll).
     """
     waiter = _Waiter(probe, targets, deadlines, clock, sleep, on_event, poll)
-    for phase in PHASES:
+    for phase in phases:
         waiter.run_phase(phase)
     return Readiness(phases=waiter.timings, observation=waiter.observation, elapsed=waiter.elapsed())
 

@@ -118,6 +118,19 @@ class Heat:
         }
         self._call("patch", ref.path, json=body)
 
+    def wait_update_started(self, ref: StackRef, before: Optional[str], *, deadline_s: float,
+                            clock: Callable[[], float] = time.monotonic, poll_s: float = 0.5) -> None:
+        """Return once Heat works on the update just asked (UPDATE_* newer than BEFORE),
+        so that the status left by the previous action is never taken for this one's."""
+        deadline = clock() + deadline_s
+        while clock() < deadline:
+            stack = self.show(ref)
+            status = stack["stack_status"]
+            if status == "UPDATE_IN_PROGRESS" or (status.startswith("UPDATE_") and stack.get("updated_time") != before):
+                return
+            self.sleep(poll_s)
+        raise WaitTimeout(f"stack {ref.name}: Heat did not start the update within {deadline_s:.0f} s")
+
     def cancel_update(self, ref: StackRef) -> None:
         self._call("post", f"{ref.path}/actions", json={"cancel_update": None})
 

@@ -31,7 +31,7 @@ DIR_MODE = 0o700
 _NAME = re.compile(r"^[a-z]([a-z0-9-]{0,30}[a-z0-9])?$")
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
-Status = Literal["creating", "ready", "failed", "rolled_back", "deleting", "deleted"]
+Status = Literal["creating", "ready", "scaling", "failed", "rolled_back", "deleting", "deleted"]
 
 
 class StateCorrupt(AstrostackError):
@@ -79,6 +79,7 @@ class ClusterRecord(BaseModel):
     evidence_dir: Optional[str] = None
     ssh_private_key_path: Optional[str] = None
     manager_address: Optional[str] = None  # the manager's floating IP, once the stack has one
+    previous_spec: Optional[dict[str, Any]] = None  # the spec before the last scale, for `rollback`
     jobs: list[dict[str, Any]] = Field(default_factory=list)
     created: datetime = Field(default_factory=utcnow)
     updated: datetime = Field(default_factory=utcnow)

@@ -124,7 +124,7 @@ def scale(
     nodes: Optional[int] = typer.Option(None, "--nodes", min=1, help="New number of nodes."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Change the worker count (a stack update, rolled back on failure)."""
+    """Resize a cluster: a deployment like `up` (hosts, then nodes and the smoke test); back to the old size on failure."""
     record = lifecycle.scale(name, hosts, nodes, runtime=_runtime(as_json))
     if as_json:
         print_json({"cluster": name, "hosts": record.hosts_target, "nodes": record.nodes_target})
@@ -132,10 +132,14 @@ def scale(
         console.print(f"cluster {name} scaled to {record.hosts_target} hosts, {record.nodes_target} nodes")
 
 
-def rollback(name: str = typer.Argument(..., help="Cluster name.")) -> None:
-    """Undo a failed or stuck update (scale) to the last good state."""
-    outcome = lifecycle.rollback(name, runtime=_runtime(False))
-    console.print(f"cluster {name}: {outcome}")
+def rollback(name: str = typer.Argument(..., help="Cluster name."),
+             as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Return a cluster to its size before the last scale (cancelling an update still under way)."""
+    record = lifecycle.rollback(name, runtime=_runtime(as_json))
+    if as_json:
+        print_json({"cluster": name, "hosts": record.hosts_target, "nodes": record.nodes_target})
+    else:
+        console.print(f"cluster {name} is back to {record.hosts_target} hosts, {record.nodes_target} nodes")
 
 
 def sweep_cmd(

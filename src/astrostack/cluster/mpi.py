@@ -42,6 +42,13 @@ def observe(spec: ClusterSpec, access: ManagerAccess) -> HostsView:
     return parse_view(access.run(view_script(spec), timeout=60).output)
 
 
+def forget_hosts(spec: ClusterSpec, access: ManagerAccess, hosts: list[str]) -> None:
+    """Removed hosts' reports leave the share: no hostfile lists a gone host."""
+    if hosts:
+        files = " ".join(f"{spec.nfs.mount_point}/.astrostack/nodes-{host}.json" for host in hosts)
+        access.run(f"rm -f {files}", timeout=60)
+
+
 def hostfile_lines(spec: ClusterSpec, view: HostsView) -> list[str]:
     """Manager first, then workers by index; slots = each host's ranks."""
     order = [host for host in spec.host_names() if host in view.running]

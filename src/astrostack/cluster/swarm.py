@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from astrostack.cluster import mpi as mpi_mode
-from astrostack.cluster.access import ManagerAccess, Result, Sink
+from astrostack.cluster.access import ClusterAccessError, ManagerAccess, Result, Sink
 from astrostack.spec import ClusterSpec, Mode
 
 # Task errors that will not heal by waiting: fail at once with the error.
@@ -34,6 +34,28 @@ class SwarmView:
         if self.services_state.get("state") == "failed":
             return f"starting the containers failed on the manager: {self.services_state.get('reason')}"
         return None
+
+
+def drain(access: ManagerAccess, nodes: list[str]) -> None:
+    """Move the tasks off NODES (Swarm node names are the VMs' hostnames) before they go."""
+    names = " ".join(shlex.quote(n) for n in nodes)
+    access.run(f"for n in {names}; do docker node update --availability drain \"$n\" >/dev/null 2>&1 || true; done",
+               timeout=120)
+
+
+def forget_nodes(access: ManagerAccess, nodes: list[str]) -> None:
+    """Remove NODES (gone VMs) from the Swarm, so no Down node lingers."""
+    if nodes:
+        names = " ".join(shlex.quote(n) for n in nodes)
+        access.run(f"for n in {names}; do docker node rm --force \"$n\" >/dev/null 2>&1 || true; done", timeout=120)
+
+
+def scale_workers(spec: ClusterSpec, access: ManagerAccess) -> None:
+    """The worker service runs NODES - 1 tasks (the master is the other one)."""
+    _, worker = service_names(spec)
+    result = access.run(f"docker service scale --detach {worker}={spec.nodes - 1}", timeout=120)
+    if not result.ok:
+        raise ClusterAccessError(f"docker service scale {worker}={spec.nodes - 1}: {result.output.strip()[-200:]}")
 
 
 def service_names(spec: ClusterSpec) -> tuple[str, str]:
