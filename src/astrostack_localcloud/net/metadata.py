@@ -122,14 +122,14 @@ class _Handler(BaseHTTPRequestHandler):
 class _RouterServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, router_id: str, namespace: str, lookup: Lookup, upstream: Upstream, port: int):
-        super().__init__(("0.0.0.0", port), _Handler, bind_and_activate=False)
+    def __init__(self, router_id: str, namespace: str | None, lookup: Lookup, upstream: Upstream,
+                 address: tuple[str, int]):
+        super().__init__(address, _Handler, bind_and_activate=False)
         self.router_id = router_id
         self.lookup = lookup
         self.upstream = upstream
         self.socket.close()
-        # Inside the router's own namespace: 0.0.0.0 there is only that router's addresses.
-        self.socket = netns.listening_socket(("0.0.0.0", port), namespace, self.request_queue_size)
+        self.socket = netns.listening_socket(address, namespace, self.request_queue_size)
         self.server_address = self.socket.getsockname()
 
 
@@ -143,28 +143,34 @@ class _Running:
 class MetadataProxy:
     """One listening socket per router namespace, all served by this process."""
 
-    def __init__(self, lookup: Lookup, upstream: Upstream, port: int = naming.METADATA_PROXY_PORT):
+    def __init__(self, lookup: Lookup, upstream: Upstream, port: int = naming.METADATA_PROXY_PORT,
+                 bind_address: str = "0.0.0.0"):
+        # 0.0.0.0 inside a router's own namespace is only that router's addresses.
         self.lookup = lookup
         self.upstream = upstream
-        self.port = port
+        self.address = (bind_address, port)
         self._running: dict[str, _Running] = {}
         self._lock = threading.Lock()
 
-    def ensure(self, router_id: str, namespace: str) -> bool:
+    def ensure(self, router_id: str, namespace: str | None) -> bool:
         """Listening in the router's namespace (again, if the namespace was made anew); True if started."""
-        inode = netns.namespace_inode(namespace)
+        inode = netns.namespace_inode(namespace) if namespace else None
         with self._lock:
             running = self._running.get(router_id)
             if running and running.namespace_inode == inode and running.thread.is_alive():
                 return False
             if running:
                 self._stop(running)
-            server = _RouterServer(router_id, namespace, self.lookup, self.upstream, self.port)
+            server = _RouterServer(router_id, namespace, self.lookup, self.upstream, self.address)
             thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
                                       name=f"metadata-{router_id[:8]}", daemon=True)
             thread.start()
             self._running[router_id] = _Running(server, thread, inode)
             return True
+
+    def listening(self, router_id: str) -> tuple[str, int]:
+        with self._lock:
+            return self._running[router_id].server.server_address
 
     def routers(self) -> set[str]:
         with self._lock:
