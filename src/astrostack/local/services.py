@@ -317,7 +317,8 @@ class Supervisor:
     """Start, watch and stop the services of one table."""
 
     def __init__(self, table: list[Service], say: Progress, *, clock: Clock = time.monotonic,
-                 sleep: Sleep = time.sleep):
+                 sleep: Sleep = time.sleep, settle_s: float = SETTLE_S):
+        self.settle_s = settle_s
         self.services = by_name(table)
         self.table = table
         self.say = say
@@ -345,7 +346,7 @@ class Supervisor:
         service = self.services[name]
         if service.probe is None:
             started = self._started_at.get(name)
-            return self.running(name) and (started is None or self.clock() - started >= SETTLE_S)
+            return self.running(name) and (started is None or self.clock() - started >= self.settle_s)
         return service.probe()
 
     def status(self) -> list[ServiceStatus]:
