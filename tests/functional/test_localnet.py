@@ -289,15 +289,23 @@ exit 0
 
 @pytest.fixture(scope="module")
 def host():
-    """The namespace t3-host: a machine of its own with t3-ex (172.24.4.1/24) and FORWARD DROP."""
+    """The namespace t3-host: a machine of its own with t3-ex (172.24.4.1/24), FORWARD DROP as Docker
+    leaves it, and the control plane's MASQUERADE of the external network."""
     _require_environment()
     sh("ip", "netns", "delete", HOST, check=False)
     sh("ip", "netns", "add", HOST)
     in_ns(HOST, "ip", "link", "set", "lo", "up")
+    # An uplink with an address of its own, first in line (as eth0 is on the machine): MASQUERADE's choice.
+    in_ns(HOST, "ip", "link", "add", "t3-uplink", "type", "bridge")
+    in_ns(HOST, "ip", "addr", "add", "198.51.100.2/24", "dev", "t3-uplink")
+    in_ns(HOST, "ip", "link", "set", "t3-uplink", "up")
     in_ns(HOST, "ip", "link", "add", EXTERNAL_BRIDGE, "type", "bridge", "stp_state", "0", "forward_delay", "0")
     in_ns(HOST, "ip", "addr", "add", f"{GATEWAY}/24", "dev", EXTERNAL_BRIDGE)
     in_ns(HOST, "ip", "link", "set", EXTERNAL_BRIDGE, "up")
     in_ns(HOST, "iptables", "-P", "FORWARD", "DROP")
+    # What the control plane does on the real machine (and br_netfilter shows bridged packets too).
+    in_ns(HOST, "iptables", "-t", "nat", "-A", "POSTROUTING", "-s", "172.24.4.0/24", "!", "-o", EXTERNAL_BRIDGE,
+          "-j", "MASQUERADE")
     assert in_ns(HOST, "cat", "/proc/sys/net/bridge/bridge-nf-call-iptables").stdout.strip() == "1"
     yield HOST
     sh("ip", "netns", "delete", HOST, check=False)

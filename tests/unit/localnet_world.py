@@ -260,18 +260,25 @@ class Netfilter:
         return None
 
     def nat(self, chain: str, packet: Packet) -> tuple[str, str] | None:
-        """The first NAT target a packet meets in a nat chain: (target, address)."""
+        """The NAT target a packet meets first in a nat chain, (target, address); None if none
+        (an ACCEPT ends the walk untranslated)."""
+        found = self._nat(chain, packet)
+        return None if found in (None, ("ACCEPT", "")) else found
+
+    def _nat(self, chain: str, packet: Packet) -> tuple[str, str] | None:
         for rule in self.tables["nat"][chain]:
             if not all(self._match(m, packet) for m in rule.matches):
                 continue
             if rule.target == "ACCEPT":
+                return "ACCEPT", ""
+            if rule.target == "RETURN":
                 return None
             if rule.target in self.tables["nat"]:
-                found = self.nat(rule.target, packet)
+                found = self._nat(rule.target, packet)
                 if found:
                     return found
                 continue
-            return rule.target, rule.target_args[-1]
+            return rule.target, rule.target_args[-1] if rule.target_args else ""
         return None
 
 

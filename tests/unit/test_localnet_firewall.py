@@ -243,6 +243,18 @@ def test_dockers_own_bridges_are_left_to_docker(cluster):
     assert cluster.netfilter.run("filter", firewall.FORWARD_CHAIN, packet) is None
 
 
+def test_the_hosts_masquerade_never_rewrites_bridged_tenant_traffic(cluster):
+    """The control plane masquerades 172.24.4.0/24 out of this machine; br_netfilter shows it bridged packets."""
+    host_nat = ("*nat\n:POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -j astro-POSTROUTING\n"
+                "-A POSTROUTING -s 172.24.4.0/24 ! -o astro-ex -j MASQUERADE\nCOMMIT\n")
+    netfilter = Netfilter(cluster.restore + host_nat)
+    to_vm = Packet(src=HOST_ADDRESS, dst="10.10.0.10", dport=22, in_interface=cluster.bridge,
+                   out_interface=cluster.bridge)          # DNATed by the router, on its way to the VM
+    assert netfilter.nat("POSTROUTING", to_vm) is None
+    uplink = Packet(src="172.24.4.20", dst="151.101.0.1", dport=443, out_interface="eth0", bridged=False)
+    assert netfilter.nat("POSTROUTING", uplink) == ("MASQUERADE", "")
+
+
 def test_each_network_has_its_own_conntrack_zone():
     world = World()
     net_a, subnet_a = world.network("10.20.0.0/24", "10.20.0.1")

@@ -17,6 +17,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 from astrostack_localcloud.net import config as agent_config
@@ -27,6 +28,7 @@ from astrostack_localcloud.net.neutron_state import (
     NeutronError,
     Port,
     Topology,
+    api_errors,
     fetch_payload,
     parse_port,
     topology_from_payload,
@@ -82,7 +84,7 @@ class Neutron:
             response = self._network().post("/ports", json=body)
             exceptions.raise_from_response(response)
             return parse_port(response.json()["port"])
-        except (exceptions.SDKException, ValueError, KeyError) as exc:
+        except api_errors() as exc:
             raise NeutronError(f"create DHCP port of network {network_id}: {exc}") from exc
 
 
@@ -107,8 +109,10 @@ def start_listener(config: AgentConfig, poke):
     if not config.transport_url:
         LOG.warning("no transport_url: only periodic resyncs every %.0f s", config.resync_interval)
         return None
-    import oslo_messaging
-    from oslo_config import cfg
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
+        import oslo_messaging
+        from oslo_config import cfg
 
     transport = oslo_messaging.get_notification_transport(cfg.ConfigOpts(), url=config.transport_url)
     targets = [oslo_messaging.Target(topic=topic) for topic in config.notification_topics]

@@ -20,10 +20,12 @@ FORWARD_CHAIN = PREFIX + "FORWARD"
 SG_CHAIN = PREFIX + "sg-chain"
 FALLBACK_CHAIN = PREFIX + "sg-fallback"
 RAW_CHAIN = PREFIX + "PREROUTING"
+NAT_CHAIN = PREFIX + "POSTROUTING"
 IPSET_PREFIX = "astro-sg-"
 
 # Jumps from the built-in chains into ours: (table, built-in chain, our chain).
-JUMPS = (("filter", "FORWARD", FORWARD_CHAIN), ("raw", "PREROUTING", RAW_CHAIN))
+JUMPS = (("filter", "FORWARD", FORWARD_CHAIN), ("raw", "PREROUTING", RAW_CHAIN),
+         ("nat", "POSTROUTING", NAT_CHAIN))
 
 PROTOCOL_NAMES = {"1": "icmp", "6": "tcp", "17": "udp", "33": "dccp", "132": "sctp", "136": "udplite"}
 PORT_PROTOCOLS = frozenset({"tcp", "udp", "sctp", "udplite", "dccp"})
@@ -151,6 +153,18 @@ def raw_chains(state: DesiredState) -> dict[str, list[str]]:
     return {RAW_CHAIN: [f"-i {bridge} -j CT --zone {zone}" for bridge, zone in sorted(state.zones.items())]}
 
 
+def nat_chains(state: DesiredState) -> dict[str, list[str]]:
+    """Bridged traffic of the tenant networks is never NATed by the host.
+
+    With br_netfilter, packets crossing a bridge go through the host's nat
+    POSTROUTING, where a rule such as ``-s 172.24.4.0/24 ! -o astro-ex -j
+    MASQUERADE`` would rewrite a connection to a floating IP on its way from
+    the router to the VM. Accepting them first in nat leaves their addresses
+    alone, whatever else the host's nat table holds.
+    """
+    return {NAT_CHAIN: [f"-o {bridge} -j ACCEPT" for bridge in sorted(state.bridges)]}
+
+
 def _table(name: str, chains: dict[str, list[str]], stale: Iterable[str]) -> list[str]:
     stale = sorted(set(stale) - set(chains))
     lines = [f"*{name}"]
@@ -167,6 +181,7 @@ def render_restore(state: DesiredState, existing: dict[str, set[str]] | None = N
     """
     existing = existing or {}
     lines = _table("raw", raw_chains(state), existing.get("raw", ()))
+    lines += _table("nat", nat_chains(state), existing.get("nat", ()))
     lines += _table("filter", filter_chains(state), existing.get("filter", ()))
     return "\n".join(lines) + "\n"
 

@@ -277,6 +277,14 @@ def topology_from_payload(payload: Mapping[str, list[Mapping[str, Any]]]) -> Top
 # --- the API ----------------------------------------------------------------------------
 
 
+def api_errors() -> tuple[type[BaseException], ...]:
+    """What a call through openstacksdk raises when the API is down or answers badly."""
+    from keystoneauth1 import exceptions as ksa_exceptions
+    from openstack import exceptions
+
+    return exceptions.SDKException, ksa_exceptions.ClientException, ValueError, KeyError
+
+
 def fetch_payload(network_proxy) -> dict[str, list[dict]]:
     """GET every collection the data plane needs, raw JSON, through openstacksdk's network proxy."""
     from openstack import exceptions
@@ -287,6 +295,6 @@ def fetch_payload(network_proxy) -> dict[str, list[dict]]:
             response = network_proxy.get(f"/{collection}")
             exceptions.raise_from_response(response)
             payload[collection] = response.json()[collection]
-        except (exceptions.SDKException, ValueError, KeyError) as exc:
+        except api_errors() as exc:
             raise NeutronError(f"GET /{collection} failed: {exc}") from exc
     return payload

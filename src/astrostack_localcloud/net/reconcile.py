@@ -233,7 +233,7 @@ class Reconciler:
         rendered = firewall.render_restore(state)
         if not deep and self._applied.get("firewall") == rendered:
             return
-        existing = firewall.chains_in_save(dataplane.iptables_save(self.runner, ("raw", "filter")))
+        existing = firewall.chains_in_save(dataplane.iptables_save(self.runner, ("raw", "nat", "filter")))
         dataplane.iptables_restore(self.runner, firewall.render_restore(state, existing),
                                    what="security-group chains", noflush=True)
         for table, builtin, chain in firewall.JUMPS:
@@ -412,7 +412,7 @@ class Reconciler:
         for table, builtin, chain in firewall.JUMPS:
             self._step(outcome, f"jump to {chain}", dataplane.remove_jump, self.runner, table, builtin, chain)
         existing = self._step(outcome, "our chains", lambda: firewall.chains_in_save(
-            dataplane.iptables_save(self.runner, ("raw", "filter")))) or {}
+            dataplane.iptables_save(self.runner, ("raw", "nat", "filter")))) or {}
         removal = firewall.render_removal(existing)
         if removal:
             self._step(outcome, "our chains", dataplane.iptables_restore, self.runner, removal,
