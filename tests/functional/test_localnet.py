@@ -30,6 +30,7 @@ import pytest
 
 from astrostack_localcloud import naming
 from astrostack_localcloud.net import firewall, netns
+from astrostack_localcloud.net.agent import main as agent_main
 from astrostack_localcloud.net.config import AgentConfig
 from astrostack_localcloud.net.dataplane import Runner
 from astrostack_localcloud.net.metadata import MetadataProxy, Upstream
@@ -367,6 +368,16 @@ def vms(agent, world, tmp_path_factory):
 # --- the tests ----------------------------------------------------------------------------
 
 
+def _wait_until(condition, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+
 def test_dhcp_gives_address_mtu_router_and_metadata_route(vms, world):
     for vm in vms.values():
         lease = vm.lease()
@@ -447,6 +458,44 @@ def test_conntrack_zones_keep_overlapping_networks_apart(vms, agent, world):
         assert "10.93.0.11" in listed.stdout + listed.stderr
 
 
+def _host_reaches(address: str, port: int, timeout: float = 0.5) -> str | None:
+    """The address the listener behind ``address`` reports, from the host namespace."""
+    with netns.entered(HOST):
+        sock = socket.socket()
+    try:
+        sock.settimeout(timeout)
+        sock.connect((address, port))
+        return sock.makefile().readline().strip()
+    except OSError:
+        return None
+    finally:
+        sock.close()
+
+
+def test_floating_ip_moves_to_a_server_behind_another_router(vms, agent, world):
+    """The FIP leaves router A's qg- for router B's: a gratuitous ARP updates the host at once."""
+    vm1, vm4 = vms["vm1"], vms["vm4"]
+    servers = [EchoServer(vm.name, "0.0.0.0", 22) for vm in (vm1, vm4)]
+    vm4_groups = vm4.port["security_groups"]
+    try:
+        assert _host_reaches("172.24.4.30", 22) == GATEWAY           # vm1, and the host learns router A's MAC
+        vm4.port["security_groups"] = vm4_groups + [world.ssh]
+        fip = world.payload["floatingips"][0]
+        fip.update(port_id=vm4.port["id"], fixed_ip_address=vm4.ip, router_id=world.router_b)
+        assert agent.reconcile(world.topology()).failures == {}
+        started = time.monotonic()
+        assert _wait_until(lambda: _host_reaches("172.24.4.30", 22) == GATEWAY and
+                           vm4.connect(GATEWAY, ECHO_PORT) == "172.24.4.30", timeout=3)
+        print(f"floating IP answered from the other router after {time.monotonic() - started:.2f} s")
+        fip.update(port_id=vm1.port["id"], fixed_ip_address=vm1.ip, router_id=world.router_a)
+        vm4.port["security_groups"] = vm4_groups
+        assert agent.reconcile(world.topology()).failures == {}
+        assert _wait_until(lambda: vm1.connect(GATEWAY, ECHO_PORT) == "172.24.4.30", timeout=3)
+    finally:
+        for server in servers:
+            server.close()
+
+
 def test_floating_ip_disassociation_and_port_removal(vms, agent, world):
     vm1, vm3 = vms["vm1"], vms["vm3"]
     world.payload["floatingips"].clear()
@@ -482,19 +531,14 @@ def _our_host_links() -> list[str]:
     return [link["ifname"] for link in host_links if link["ifname"].startswith(("tqr-", "tqg-", "tns-"))]
 
 
-def _wait_until(condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
-
-
-def test_cleanup_leaves_nothing(vms, agent, world):
+def test_cleanup_all_leaves_nothing(vms, agent, world, tmp_path):
+    """``astrostack-localnet --cleanup-all`` (the agent stopped first, as the control plane does)."""
     ids = [world.router_a, world.router_b, world.net_a, world.net_b]
-    outcome = agent.cleanup_all(sweep=False)
-    assert outcome.failures == {}
+    agent.proxy.close()
+    conf = tmp_path / "localnet.conf"
+    conf.write_text(f"[DEFAULT]\nstate_dir = {agent.config.state_dir}\nhost_namespace = {HOST}\n"
+                    f"host = t3-test-host\n[external]\nbridge = {EXTERNAL_BRIDGE}\n")
+    assert agent_main(["--config-file", str(conf), "--cleanup-all"]) == 0
     assert [n for n in os.listdir(netns.NETNS_DIR) if any(i in n for i in ids)] == []
     # A deleted namespace's veths go when the kernel has finished with it, a moment later.
     assert _wait_until(lambda: _our_host_links() == [], timeout=10), _our_host_links()
