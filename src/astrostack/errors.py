@@ -7,7 +7,11 @@ why, and what the user can do next, on one line.
 
 from __future__ import annotations
 
-# Documented exit codes (README "Exit codes").
+from pathlib import PurePath
+from typing import Union
+
+# Documented exit codes (README "Exit codes"); every exit status of the CLI is one of these
+# (or, for `exec` and `run`, the job's own).
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_INVALID_INPUT = 2
@@ -22,6 +26,8 @@ class AstrostackError(Exception):
     """Base of every astrostack error."""
 
     exit_code = EXIT_FAILURE
+    # Set when a --json command already put this error into its JSON answer on stdout.
+    json_reported = False
 
     def __init__(self, message: str, *, hint: str | None = None):
         super().__init__(message)
@@ -115,3 +121,62 @@ class JobFailed(AstrostackError):
     @property
     def exit_code(self) -> int:  # type: ignore[override]
         return self.job_exit_code or EXIT_FAILURE
+
+
+class DataDirError(InvalidInput):
+    """ASTROSTACK_HOME (or the default data folder) is not a folder astrostack can write in."""
+
+
+class Busy(AstrostackError):
+    """Another astrostack run holds the lock: exit 5, nothing was done."""
+
+    exit_code = EXIT_BUSY
+
+
+class BenchBusy(Busy):
+    """Another bench run holds the bench lock: nothing recorded."""
+
+
+class BenchFailed(AstrostackError):
+    """A bench run finished, and at least one point failed."""
+
+
+class ScheduleError(AstrostackError):
+    """The scheduler (cron, systemd) is missing or refused the entry."""
+
+
+# Quoting what the user wrote ---------------------------------------------------------------
+
+MAX_QUOTED = 80
+MAX_ERROR_LINE = 1000
+
+
+def quote(value: object, limit: int = MAX_QUOTED) -> str:
+    """VALUE as it goes into an error line: Python-quoted (so control characters and
+    terminal escapes are shown, never sent) and at most LIMIT characters of it."""
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) <= limit:
+        return repr(text) if isinstance(value, str) else printable(text)
+    shown = repr(text[:limit]) if isinstance(value, str) else printable(text[:limit])
+    return f"{shown}... ({len(text)} characters)"
+
+
+def show_path(path: Union[str, PurePath]) -> str:
+    """A path for an error line: as it is when plain, quoted when it holds odd characters or is long."""
+    text = str(path)
+    if text.isprintable() and len(text) <= 200:
+        return text
+    return quote(text, limit=200)
+
+
+def printable(text: str) -> str:
+    """TEXT with every non-printable character (newline, ESC, bidi controls, ...) written as an escape."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def one_line(message: str, limit: int = MAX_ERROR_LINE) -> str:
+    """MESSAGE as one safe terminal line of at most LIMIT characters."""
+    line = printable(message)
+    return line if len(line) <= limit else line[: limit - 3] + "..."
