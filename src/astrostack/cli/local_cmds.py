@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from astrostack.cli.common import console, print_json
+from astrostack.cli.common import console, err_console, print_json
 from astrostack.local import controlplane, preflight
 
 app = typer.Typer(help="The local cloud: a real OpenStack (Keystone, Nova, Neutron, Cinder, Glance, Heat) "
@@ -19,11 +19,16 @@ def _say(message: str) -> None:
     console.print(message, highlight=False)
 
 
+def _say_on_stderr(message: str) -> None:
+    """Progress while stdout is reserved for JSON."""
+    err_console.print(message, highlight=False)
+
+
 @app.command("start")
 def start(service: Optional[list[str]] = SERVICE_OPTION,
           as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Install (first time), configure and start the local cloud; a second start starts only what is down."""
-    report = controlplane.start(service or None, say=_say)
+    report = controlplane.start(service or None, say=_say_on_stderr if as_json else _say)
     if as_json:
         print_json({"started": report.started, "compute_driver": report.compute_driver,
                     "seconds": round(report.seconds, 1)})
@@ -39,7 +44,7 @@ def stop(service: Optional[list[str]] = SERVICE_OPTION) -> None:
 @app.command("status")
 def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Every service: pid, alive, API answering, memory, log."""
-    rows = controlplane.status(say=_say)
+    rows = controlplane.status(say=_say_on_stderr if as_json else _say)
     if as_json:
         print_json([row.as_json() for row in rows])
         return

@@ -201,9 +201,10 @@ def create_heat_domain(identity: Any, secrets: dict[str, str], admin_role: Any) 
 
 def create_catalog(identity: Any) -> None:
     existing = {(e.service_id, e.interface) for e in identity.endpoints()}
+    services = {(s.type, s.name): s for s in identity.services()}
     for entry in CATALOG:
-        service = next((s for s in identity.services() if s.type == entry.type and s.name == entry.name), None)
-        service = service or identity.create_service(name=entry.name, type=entry.type, is_enabled=True)
+        service = services.get((entry.type, entry.name)) or identity.create_service(
+            name=entry.name, type=entry.type, is_enabled=True)
         url = layout.api_url(entry.service) + entry.path
         for interface in INTERFACES:
             if (service.id, interface) not in existing:

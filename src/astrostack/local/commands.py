@@ -7,6 +7,7 @@ captured and its tail ends up in the one-line error.
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -14,14 +15,20 @@ from astrostack.errors import LocalCloudError
 
 Progress = Callable[[str], None]
 TAIL_LINES = 6
+HEARTBEAT_S = 15.0
+POLL_S = 0.25
 
 
 def run(argv: list[str], what: str, *, timeout: float, env: Optional[dict] = None,
-        log: Optional[Path] = None, stdin_text: Optional[str] = None) -> str:
-    """Run argv to completion; return its stdout (when no log file is used)."""
+        log: Optional[Path] = None, stdin_text: Optional[str] = None, say: Optional[Progress] = None) -> str:
+    """Run argv to completion; return its stdout (when no log file is used).
+
+    With a log file and ``say``, a line every HEARTBEAT_S seconds tells that
+    the command still runs and what it logged last (no silent minute).
+    """
     try:
         if log is not None:
-            return _run_logged(argv, timeout=timeout, env=env, log=log, stdin_text=stdin_text)
+            return _run_logged(argv, what, timeout=timeout, env=env, log=log, say=say)
         done = subprocess.run(argv, input=stdin_text, capture_output=True, text=True,
                               timeout=timeout, env=env, check=False)
     except subprocess.TimeoutExpired as exc:
@@ -34,17 +41,37 @@ def run(argv: list[str], what: str, *, timeout: float, env: Optional[dict] = Non
     return done.stdout
 
 
-def _run_logged(argv: list[str], *, timeout: float, env: Optional[dict], log: Path,
-                stdin_text: Optional[str]) -> str:
+def _run_logged(argv: list[str], what: str, *, timeout: float, env: Optional[dict], log: Path,
+                say: Optional[Progress]) -> str:
+    started = time.monotonic()
     with open(log, "ab") as out:
         out.write(("$ " + " ".join(argv) + "\n").encode())
         out.flush()
-        done = subprocess.run(argv, input=stdin_text.encode() if stdin_text else None,
-                              stdout=out, stderr=subprocess.STDOUT, timeout=timeout, env=env, check=False)
-    if done.returncode != 0:
-        raise LocalCloudError(f"`{' '.join(argv[:3])} ...` failed (exit {done.returncode}): "
-                              f"{log_tail(log)}", hint=_log_hint(log))
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
+        try:
+            code = _wait_with_heartbeat(process, what, started + timeout, log, say)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
+    if code != 0:
+        raise LocalCloudError(f"{what} failed (exit {code}): {log_tail(log)}", hint=_log_hint(log))
     return ""
+
+
+def _wait_with_heartbeat(process: subprocess.Popen, what: str, deadline: float, log: Path,
+                         say: Optional[Progress]) -> int:
+    started = time.monotonic()
+    next_beat = started + HEARTBEAT_S
+    while process.poll() is None:
+        now = time.monotonic()
+        if now >= deadline:
+            raise subprocess.TimeoutExpired(process.args, deadline - started)
+        if say is not None and now >= next_beat:
+            say(f"  ... {what}: {now - started:.0f} s, last: {log_tail(log, 1)[:100]}")
+            next_beat = now + HEARTBEAT_S
+        time.sleep(POLL_S)
+    return process.returncode
 
 
 def _log_hint(log: Optional[Path]) -> Optional[str]:

@@ -41,7 +41,7 @@ def ensure_datadir(say: Progress) -> None:
     say(f"creating the MariaDB data folder {datadir()}")
     commands.run(["/usr/bin/mariadb-install-db", f"--defaults-file={config.config_path('mariadb', 'my.cnf')}",
                   "--user=root", "--skip-test-db", "--auth-root-authentication-method=socket"],
-                 "mariadb-install-db", timeout=300, log=layout.log_path("mariadb"))
+                 "mariadb-install-db", timeout=300, log=layout.log_path("mariadb"), say=say)
 
 
 def create_statements(secrets: dict[str, str]) -> str:
@@ -114,7 +114,7 @@ def _sync_one(name: str, steps: list[list[str]], say: Progress, on_done: Callabl
     started = time.monotonic()
     log = layout.log_path(f"db-{name}")
     for argv in steps:
-        commands.run(argv, f"{name} schema sync", timeout=SYNC_TIMEOUT_S, log=log, env=_venv_env())
+        commands.run(argv, f"{name} schema sync", timeout=SYNC_TIMEOUT_S, log=log, env=_venv_env(), say=say)
     on_done(name)
     say(f"  {name} schema ready ({time.monotonic() - started:.0f} s)")
 

@@ -79,11 +79,11 @@ def ensure_debian_packages(say: Progress) -> None:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     log = layout.log_path("install")
     say(f"installing Debian packages: {' '.join(missing)} (apt-get, log {log})")
-    commands.run(["apt-get", "update"], "apt-get update", timeout=APT_TIMEOUT_S, env=env, log=log)
+    commands.run(["apt-get", "update"], "apt-get update", timeout=APT_TIMEOUT_S, env=env, log=log, say=say)
     # Debian's postinst scripts would start the daemons with their stock configs.
     with _no_daemon_starts():
         commands.run(["apt-get", "install", "-y", "--no-install-recommends", *missing],
-                     "apt-get install", timeout=APT_TIMEOUT_S, env=env, log=log)
+                     "apt-get install", timeout=APT_TIMEOUT_S, env=env, log=log, say=say)
     say("Debian packages installed")
 
 
@@ -129,7 +129,7 @@ def ensure_openstack_venv(say: Progress) -> Path:
         f"(pinned; about 1-3 min, 750 MB; log {log})")
     pip = [str(layout.venv_python()), "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off"]
     commands.run([*pip, "-c", str(constraints_file()), *OPENSTACK_REQUIREMENTS],
-                 "pip install of the OpenStack releases", timeout=PIP_TIMEOUT_S, log=log)
+                 "pip install of the OpenStack releases", timeout=PIP_TIMEOUT_S, log=log, say=say)
     (venv / STAMP).write_text(_constraints_digest() + "\n")
     say("OpenStack venv ready")
     return venv
@@ -193,7 +193,7 @@ def ensure_localcloud_package(say: Progress) -> bool:
         (project / "pyproject.toml").write_text(PYPROJECT.format(dist=LOCALCLOUD_DIST, digest=digest[:12]))
         commands.run([str(layout.venv_python()), "-m", "pip", "install", "--disable-pip-version-check",
                       "--no-deps", "--no-build-isolation", "--force-reinstall", str(project)],
-                     f"pip install {LOCALCLOUD_PACKAGE}", timeout=300, log=layout.log_path("install"))
+                     f"pip install {LOCALCLOUD_PACKAGE}", timeout=300, log=layout.log_path("install"), say=say)
     (layout.venv_dir() / "astrostack-localcloud.sha256").write_text(digest + "\n")
     return True
 
