@@ -20,7 +20,7 @@ import docker
 import docker.errors
 
 from astrostack import paths
-from astrostack.errors import LocalCloudError
+from astrostack.errors import LocalCloudError, PrecheckFailed
 
 BASE_IMAGE = "astrostack/debian:bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
@@ -198,9 +198,12 @@ def ensure_in_registry(image: str, registry: str, note: Callable[[str], None] = 
     has are not sent again); otherwise the registry must already hold it.
     Returns the reference the hosts pull and its registry digest.
     """
-    if has_registry_host(image):
-        return image, registry_digest(image)
-    if image_exists(image):
+    if image_exists(image) and not has_registry_host(image):
         return push(image, registry, progress=note)
     repository, tag = split_reference(image)
-    return f"{registry}/{repository}:{tag}", registry_digest(f"{registry}/{repository}:{tag}")
+    reference = image if has_registry_host(image) else f"{registry}/{repository}:{tag}"
+    try:
+        return reference, registry_digest(reference)
+    except LocalCloudError as exc:
+        raise PrecheckFailed(f"application.image: {image} is neither on this machine nor in the registry "
+                             f"({exc.message})", hint="build or pull it here, or push it to the registry") from None

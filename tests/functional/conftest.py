@@ -1,17 +1,15 @@
-"""Fixtures of the functional tests: a real Docker engine and a real local Heat engine.
+"""Fixtures of the functional tests: the real local cloud (a real OpenStack on
+this machine whose servers are container-VMs), the real Docker engine, and the
+clusters the tests deploy on them.
 
 Environment:
-  ASTROSTACK_HEAT_VENV   reuse this Heat venv (created there if missing) instead of
-                         installing openstack-heat into the throw-away home.
-  ASTROSTACK_HEAT_PORT   port of the test engine; default: a free port.
-  ASTROSTACK_TEST_TIMEOUT  seconds any single wait may take (default 180).
-  ASTROSTACK_REQUIRE_LOCAL_CLOUD  fail (not skip) when there is no Docker engine (CI sets it).
+  ASTROSTACK_TEST_TIMEOUT         seconds any single wait may take (default 180).
+  ASTROSTACK_REQUIRE_LOCAL_CLOUD  fail (not skip) when the local cloud cannot run (CI sets it).
 """
 
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,9 @@ import pytest
 from astrostack.bench.matrix import merged
 
 TEMPLATES = Path(__file__).parent / "templates"
+EXAMPLE_SPEC = Path(__file__).resolve().parents[2] / "examples" / "local.yaml"
+# Test clusters are named ft-*: a benchmark waits while such clusters run.
+TEST_PREFIX = "ft-"
 
 
 @pytest.fixture(scope="session")
@@ -31,89 +32,92 @@ def _timeout() -> float:
     return float(os.environ.get("ASTROSTACK_TEST_TIMEOUT", "180"))
 
 
-@pytest.fixture(scope="session")
-def wait_timeout() -> float:
-    """Seconds any single wait of a functional test may take."""
-    return _timeout()
-
-
-@pytest.fixture(scope="session")
-def docker_client():
-    """A Docker SDK client on a daemon that answers; skips the test otherwise."""
-    docker = pytest.importorskip("docker")
-    try:
-        client = docker.from_env(timeout=30)
-        client.ping()
-    except docker.errors.DockerException as exc:
-        if os.environ.get("ASTROSTACK_REQUIRE_LOCAL_CLOUD"):
-            pytest.fail(f"Docker engine not available and ASTROSTACK_REQUIRE_LOCAL_CLOUD is set: {exc}")
-        pytest.skip(f"Docker engine not available: {exc}")
-    yield client
-    client.close()
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def heat_engine(docker_client, tmp_path_factory):
-    """A local Heat engine in a throw-away ASTROSTACK_HOME, stopped at the end."""
-    from astrostack.local import engine
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("ASTROSTACK_HOME", str(tmp_path_factory.mktemp("astrostack-home")))
-        if "ASTROSTACK_HEAT_PORT" not in os.environ:
-            patch.setenv("ASTROSTACK_HEAT_PORT", str(_free_port(engine.choose_bind_address())))
-        engine.install(progress=print)
-        state = engine.start(timeout=_timeout())
-        try:
-            yield state
-        finally:
-            engine.stop()
-
-
-@pytest.fixture(scope="session")
-def local_cloud(heat_engine):
-    """An openstacksdk Connection to the test engine."""
-    from astrostack import cloud
-
-    conn = cloud.connect("local")
-    yield conn
-    conn.close()
-
-
-# --- clusters on the test engine (tests/functional/test_lifecycle.py) ------------
-
-EXAMPLE_SPEC = Path(__file__).resolve().parents[2] / "examples" / "local.yaml"
-CLUSTER_LABEL = "astrostack.cluster"
-
-
-def free_port(host: str) -> int:
-    """A TCP port nothing listens on at HOST (for a second engine, a proxy)."""
-    return _free_port(host)
-
-
 def phase_timeout() -> int:
     """Each deployment phase's timeout: the test timeout, never below Heat's 60 s."""
     return max(60, int(_timeout()))
 
 
 @pytest.fixture(scope="session")
-def cluster_images(docker_client):
-    """astrostack/vm and astrostack/mpi-base exist (built once when missing)."""
+def wait_timeout() -> float:
+    """Seconds any single wait of a functional test may take."""
+    return _timeout()
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("ASTROSTACK_REQUIRE_LOCAL_CLOUD"):
+        pytest.fail(f"{reason} and ASTROSTACK_REQUIRE_LOCAL_CLOUD is set")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    """A Docker SDK client on a daemon that answers."""
+    docker = pytest.importorskip("docker")
+    try:
+        client = docker.from_env(timeout=60)
+        client.ping()
+    except docker.errors.DockerException as exc:
+        _unavailable(f"Docker engine not available: {exc}")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def local_cloud(docker_client):
+    """The local cloud, running (started here when it is not: the first start installs it)."""
+    if os.geteuid() != 0:
+        _unavailable("the local cloud needs root (bridges, iptables, loop devices)")
+    from astrostack.local import controlplane
+
+    controlplane.start(say=print)
+    return controlplane
+
+
+@pytest.fixture(scope="session")
+def clouds(local_cloud):
+    """(user, admin) openstacksdk connections to the local cloud."""
+    from astrostack import cloud
+
+    user = cloud.connect(cloud.LOCAL_CLOUD)
+    admin = cloud.connect(cloud.LOCAL_ADMIN_ENTRY)
+    yield user, admin
+    user.close()
+    admin.close()
+
+
+def cloud_counts(user, admin) -> dict[str, int]:
+    """What a cluster creates and its `down` must remove, in the astrostack project,
+    counted through the APIs."""
+    project_id = user.current_project_id
+    heat_domain = admin.identity.find_domain("heat", ignore_missing=False)
+    return {
+        "servers": len(list(user.compute.servers())),
+        "ports": len(list(user.network.ports(project_id=project_id))),
+        "networks": len(list(user.network.networks(project_id=project_id))),
+        "routers": len(list(user.network.routers(project_id=project_id))),
+        "floating_ips": len(list(user.network.ips(project_id=project_id))),
+        "security_groups": len(list(user.network.security_groups(project_id=project_id))),
+        "volumes": len(list(user.block_storage.volumes())),
+        "keypairs": len(list(user.compute.keypairs())),
+        "stacks": len(list(user.orchestration.stacks())),
+        "trusts": len(list(admin.identity.trusts(trustor_user_id=user.current_user_id))),
+        "stack_domain_users": len(list(admin.identity.users(domain_id=heat_domain.id))),
+    }
+
+
+@pytest.fixture(scope="session")
+def app_image(docker_client):
+    """astrostack/mpi-base on this machine (built once); `up` pushes it to the site registry."""
     from astrostack import images
 
-    for recipe in ("vm", "mpi-base"):
-        if not images.image_exists(f"astrostack/{recipe}:latest"):
-            images.ensure_base_image(progress=print)
-            images.build(recipe, progress=print)
+    if not images.image_exists("astrostack/mpi-base:latest"):
+        images.ensure_base_image(progress=print)
+        images.build("mpi-base", progress=print)
+    return "astrostack/mpi-base:latest"
 
 
 @pytest.fixture
-def make_spec(heat_engine, cluster_images):
+def make_spec(local_cloud, app_image):
     """``make_spec(name, cidr, **overrides)``: examples/local.yaml as a ClusterSpec
     named NAME on network.cidr CIDR, each phase timed out at ``phase_timeout()``;
     ``overrides`` are top-level spec fields, mappings merged into the example's."""
@@ -125,6 +129,7 @@ def make_spec(heat_engine, cluster_images):
     seconds = phase_timeout()
 
     def make(name: str, cidr: str, **overrides):
+        assert name.startswith(TEST_PREFIX), name
         data = merged(example, {
             "name": name,
             "network": {"cidr": cidr},
@@ -149,29 +154,19 @@ def spec_file(tmp_path):
     return write
 
 
-def labelled(docker_client, cluster: str) -> dict[str, list[str]]:
-    """Docker containers, networks and volumes labelled with the cluster, by kind."""
-    label = {"label": f"{CLUSTER_LABEL}={cluster}"}
-    return {
-        "containers": [c.name for c in docker_client.containers.list(all=True, filters=label)],
-        "networks": [n.name for n in docker_client.networks.list(filters=label)],
-        "volumes": [v.name for v in docker_client.volumes.list(filters=label)],
-    }
-
-
 @pytest.fixture
-def cluster_cleanup(heat_engine, docker_client):
-    """``cluster_cleanup(name)`` registers a cluster to delete after the test
-    whatever happened (down --force, then a sweep of the Docker objects)."""
+def cluster_cleanup(local_cloud):
+    """``cluster_cleanup(name)`` registers a cluster to delete after the test,
+    whatever happened (down --force finds it by its stack and mark)."""
     from astrostack import lifecycle
-    from astrostack.cleanup import LocalSweeper, sweep
-    from astrostack.errors import AstrostackError
+    from astrostack.errors import AstrostackError, UnknownCluster
 
     names: list[str] = []
     yield names.append
     for name in names:
         try:
             lifecycle.down(name, cloud_name="local", force=True)
+        except UnknownCluster:
+            continue
         except AstrostackError as exc:
             print(f"cleanup of {name}: {exc}")
-        sweep(LocalSweeper(), name)
