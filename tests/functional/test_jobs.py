@@ -5,6 +5,7 @@ job's exit code and logs, fetch, and a small bench matrix recorded end to end.""
 from __future__ import annotations
 
 import json
+import shlex
 import sqlite3
 from pathlib import Path
 
@@ -14,51 +15,58 @@ import yaml
 from astrostack import job as jobs_lib
 from astrostack import lifecycle, state
 from astrostack.cli.main import main
+from astrostack.cluster.access import host_access
 from astrostack.errors import InvalidInput
-from astrostack.spec import spec_from_dict
 
 pytestmark = pytest.mark.functional
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-def _spec(name: str, cidr: str, **overrides):
+class Share:
+    """The cluster's share, as the manager mounts it (reached over SSH, as a user would)."""
+
+    def __init__(self, cluster: str, mount_point: str):
+        self.access = host_access(cluster, "manager")
+        self.root = mount_point
+
+    def run(self, script: str) -> str:
+        result = self.access.run(script, timeout=120)
+        assert result.ok, result.output
+        return result.output
+
+    def mkdirs(self, *paths: str) -> None:
+        self.run("mkdir -p " + " ".join(shlex.quote(f"{self.root}/{p}") for p in paths))
+
+    def write(self, path: str, text: str, mode: str = "0644") -> None:
+        target = shlex.quote(f"{self.root}/{path}")
+        self.access.run(f"cat > {target} && chmod {mode} {target}", stdin=text, timeout=60)
+
+    def read(self, path: str) -> str:
+        return self.run(f"cat {shlex.quote(f'{self.root}/{path}')}")
+
+    def json_files(self, folder: str) -> list[dict]:
+        out = self.run(f"cat {shlex.quote(f'{self.root}/{folder}')}/*.json")
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def cluster(local_cloud, app_image):
+    from astrostack.spec import spec_from_dict
+
     data = yaml.safe_load((EXAMPLES / "local.yaml").read_text())
-    data.update(name=name, network={"external": "local", "cidr": cidr})
-    data["timeouts"] = {"stack_create": 180, "hosts_ready": 180, "nodes_ready": 240, "delete": 180}
-    data.update(overrides)
-    return spec_from_dict(data)
-
-
-@pytest.fixture(scope="module")
-def local_images(docker_client):
-    """The VM and MPI images (built once; Docker's cache makes a rebuild cheap)."""
-    from astrostack import images
-
-    images.ensure_base_image()
-    for name in ("vm", "mpi-base"):
-        if not images.image_exists(f"astrostack/{name}:latest"):
-            images.build(name)
-
-
-@pytest.fixture(scope="module")
-def cluster(heat_engine, local_images):
-    spec = _spec("ft-jobs", "10.91.0.0/24", hosts=3, nodes=8)
-    record = lifecycle.up(spec)
+    data.update(name="ft-jobs", hosts=3, nodes=8)
+    data["network"]["cidr"] = "10.96.0.0/24"
+    data["timeouts"] = {"stack_create": 240, "hosts_ready": 240, "nodes_ready": 240, "delete": 240}
+    record = lifecycle.up(spec_from_dict(data))
     try:
         yield record
     finally:
-        lifecycle.down(spec.name)
+        lifecycle.down(record.name)
 
 
 @pytest.fixture()
-def share(cluster) -> Path:
-    from astrostack.local.cloud import share_dir
-
-    return share_dir(cluster.name)
-
-
-def _job_dir(share: Path, result) -> Path:
-    return share / "jobs" / result.id
+def share(cluster) -> Share:
+    return Share(cluster.name, cluster.spec["nfs"]["mount_point"])
 
 
 def test_mpi_job_runs_on_every_node(cluster, share):
@@ -67,18 +75,15 @@ def test_mpi_job_runs_on_every_node(cluster, share):
     summary = json.loads([line for line in result.output_tail.splitlines() if line.startswith("{")][-1])
     assert summary["size"] == 8 and summary["ring_ok"] and summary["allreduce_ok"]
     assert len(set(summary["hosts"])) == 8
-    ranks = [json.loads(p.read_text()) for p in sorted((_job_dir(share, result) / "ranks").glob("*.json"))]
+    ranks = share.json_files(f"jobs/{result.id}/ranks")
     assert sorted(r["rank"] for r in ranks) == list(range(8))
     assert all(r["exit_code"] == 0 and r["wall_s"] > 0 for r in ranks)
     assert [j["id"] for j in jobs_lib.list_jobs(cluster.name)][-1] == result.id
 
 
 def test_sagecal_staging_gives_each_container_a_distinct_set(cluster, share):
-    data = share / "data"
-    for index in range(10):
-        (data / f"obs{index}.MS").mkdir(parents=True, exist_ok=True)
-    (share / "probe.sh").write_text('#!/bin/bash\nexec /usr/local/bin/mpi_file_probe "$2"\n')
-    (share / "probe.sh").chmod(0o755)
+    share.mkdirs(*(f"data/obs{index}.MS" for index in range(10)))
+    share.write("probe.sh", '#!/bin/bash\nexec /usr/local/bin/mpi_file_probe "$2"\n', mode="0755")
     job = {"profile": "sagecal-mpi", "ms": "data/*.MS", "sky_model": "data/sky.txt",
            "cluster_file": "data/sky.txt.cluster", "workers": 4, "program": "/share/probe.sh"}
     result = jobs_lib.run_job(state.load(cluster.name), job)
@@ -96,9 +101,7 @@ def test_sagecal_staging_gives_each_container_a_distinct_set(cluster, share):
 
 
 def test_too_many_workers_is_refused(cluster, share):
-    (share / "few").mkdir(exist_ok=True)
-    (share / "few" / "a.MS").mkdir(exist_ok=True)
-    (share / "few" / "b.MS").mkdir(exist_ok=True)
+    share.mkdirs("few/a.MS", "few/b.MS")
     job = {"profile": "sagecal-mpi", "ms": "few/*.MS", "sky_model": "s", "cluster_file": "c", "workers": 3}
     before = len(jobs_lib.list_jobs(cluster.name))
     with pytest.raises(InvalidInput, match="3 workers but only 2 MS"):
@@ -111,18 +114,18 @@ def test_failing_job_returns_its_exit_code_and_keeps_its_logs(cluster, share, ca
     assert code == 7
     failed = jobs_lib.list_jobs(cluster.name)[-1]
     assert failed["exit_code"] == 7
-    folder = share / "jobs" / failed["id"]
-    assert "from-rank-0" in (folder / "output.log").read_text()
-    assert (folder / "exit_code").read_text().strip() == "7"
+    folder = f"jobs/{failed['id']}"
+    assert "from-rank-0" in share.read(f"{folder}/output.log")
+    assert share.read(f"{folder}/exit_code").strip() == "7"
     assert main(["fetch", cluster.name, failed["id"], "-o", str(tmp_path)]) == 0
-    assert (tmp_path / failed["id"] / "output.log").read_text() == (folder / "output.log").read_text()
+    assert (tmp_path / failed["id"] / "output.log").read_text() == share.read(f"{folder}/output.log")
 
 
-def test_small_bench_matrix_records_every_column(heat_engine, local_images, tmp_path):
+def test_small_bench_matrix_records_every_column(local_cloud, app_image, tmp_path):
     matrix = {
         "name": "ft-bench",
         "spec": str(EXAMPLES / "local.yaml"),
-        "spec_overrides": {"network": {"external": "local", "cidr": "10.92.0.0/24"},
+        "spec_overrides": {"network": {"cidr": "10.97.0.0/24"},
                            "timeouts": {"stack_create": 180, "hosts_ready": 180, "nodes_ready": 240, "delete": 180}},
         "points": [{"hosts": 2, "nodes": 4}],
         "repeats": 1,
