@@ -17,16 +17,43 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from astrostack.errors import SpecError
-from astrostack.yamlio import parse_yaml, read_yaml
+from astrostack import marks
+from astrostack.errors import SpecError, quote, show_path
+from astrostack.yamlio import STDIN, parse_yaml, read_yaml
 
 # Where this machine's traffic reaches the local cloud's floating IPs from
 # (the external network's gateway, see docs/local-cloud.md).
 LOCAL_CLOUD_SOURCE = "172.24.4.1/32"
 DNS_LABEL = re.compile(r"^[a-z]([a-z0-9-]{0,30}[a-z0-9])?$")
 TAG = re.compile(r"^[A-Za-z0-9_.:=-]{1,60}$")
+# Nova allows 50 tags per server; astrostack puts two of its own (marks.py).
+NOVA_MAX_TAGS = 50
+MAX_USER_TAGS = NOVA_MAX_TAGS - 2
+# Names of OpenStack things (images, flavors, networks): what Nova and Glance
+# accept, less what would break a shell line, a YAML file or a terminal.
+OPENSTACK_NAME_BAD = re.compile(r"[;`$\\\"'|&<>]")
+KEYPAIR_NAME = re.compile(r"^[A-Za-z0-9_. -]{1,255}$")  # Nova's safe characters for keypair names
+LOGIN_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+# Folders a share may not be mounted over (nor below, for the second set):
+# mounting there hides what the host needs to boot, log in and run Docker.
+SYSTEM_FOLDERS = frozenset({
+    "/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32", "/opt", "/proc",
+    "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var", "/var/lib", "/var/log", "/var/tmp",
+    "/usr/local",
+})
+SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/run",
+                "/sbin", "/sys", "/usr", "/var/lib/docker", "/var/lib/cloud", "/var/log")
 
 # Heat's own limits (heat.conf defaults and the WaitCondition schema).
 HEAT_MAX_RESOURCES_PER_STACK = 1000
@@ -39,6 +66,57 @@ HEAT_RESOURCES_PER_WORKER = 5
 # Addresses an overlay network uses besides the containers: network address,
 # broadcast, gateway, and one load-balancer endpoint per Swarm node.
 OVERLAY_RESERVED_ADDRESSES = 3
+
+
+# Checks the models share ------------------------------------------------------
+
+
+def _dns_label(value: str) -> str:
+    if not DNS_LABEL.fullmatch(value):
+        raise ValueError(
+            f"{quote(value)} is not DNS-safe: use 1-32 chars of a-z, 0-9 and '-', starting with a letter"
+        )
+    return value
+
+
+def _openstack_name(value: str) -> str:
+    """A name of an image, flavor or network: printable, one line, no shell metacharacters."""
+    if len(value) > 255 or not value.isprintable() or value != value.strip() or OPENSTACK_NAME_BAD.search(value):
+        raise ValueError(f"{quote(value)} is not a usable name: 1-255 printable characters on one line, "
+                         "without ; ` $ \\ \" ' | & < > or spaces at either end")
+    return value
+
+
+def _network(value: str) -> ipaddress.IPv4Network:
+    if not isinstance(value, str) or not value.isascii():
+        raise ValueError(f"{quote(value)} is not an IPv4 CIDR")
+    try:
+        return ipaddress.IPv4Network(value, strict=True)
+    except ValueError as exc:
+        raise ValueError(f"{quote(value)} is not an IPv4 CIDR ({exc})") from None
+
+
+def _usable_network(value: str, what: str) -> ipaddress.IPv4Network:
+    """A CIDR that can be WHAT: not loopback, link-local, multicast, reserved or 0.0.0.0/8."""
+    net = _network(value)
+    kinds = [("loopback", net.is_loopback), ("link-local", net.is_link_local), ("multicast", net.is_multicast),
+             ("reserved", net.is_reserved), ("unspecified (0.0.0.0/8)", net.subnet_of(ZERO_NET))]
+    bad = [kind for kind, found in kinds if found]
+    if bad or any(net.overlaps(other) for other in SPECIAL_NETS):
+        kind = bad[0] if bad else "overlapping a loopback, link-local, multicast or reserved range"
+        raise ValueError(f"{value} cannot be {what}: it is {kind}")
+    return net
+
+
+ZERO_NET = ipaddress.IPv4Network("0.0.0.0/8")
+SPECIAL_NETS = tuple(ipaddress.IPv4Network(n) for n in ("0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16",
+                                                        "224.0.0.0/4", "240.0.0.0/4"))
+
+
+def _not_a_system_folder(path: str) -> None:
+    if path in SYSTEM_FOLDERS or any(path == tree or path.startswith(tree + "/") for tree in SYSTEM_TREES):
+        raise ValueError(f"{path} is a system folder (or below one): mounting the share there would hide what "
+                         "the hosts need; use a folder of its own, e.g. /mnt/share")
 
 
 class Mode(str, Enum):
@@ -63,6 +141,11 @@ class ServerRole(_Section):
         default=None, min_length=1, description="Glance image for this role; default: servers.image."
     )
 
+    @field_validator("flavor", "image")
+    @classmethod
+    def _names(cls, value: Optional[str]) -> Optional[str]:
+        return None if value is None else _openstack_name(value)
+
 
 class Servers(_Section):
     image: str = Field(
@@ -74,11 +157,23 @@ class Servers(_Section):
     worker: ServerRole = ServerRole(flavor="m1.large")
     nfs: ServerRole = ServerRole(flavor="m1.small")
     user: str = Field(default="debian", min_length=1, description="Login user of the image.")
-    install_packages: bool = Field(
+    install_packages: StrictBool = Field(
         default=True,
         description="Install at boot the packages a role needs (docker.io, nfs-common, ...) that "
         "the image lacks; false: the image must have them all (a host fails, naming them, otherwise).",
     )
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str) -> str:
+        return _openstack_name(value)
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, value: str) -> str:
+        if not LOGIN_USER.fullmatch(value):
+            raise ValueError(f"{quote(value)} is not a login name: 1-32 chars of a-z, 0-9, '_' and '-'")
+        return value
 
 
 class Ssh(_Section):
@@ -93,11 +188,19 @@ class Ssh(_Section):
         "astrostack itself reaches the cluster from. Required.",
     )
 
+    @field_validator("keypair")
+    @classmethod
+    def _keypair(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and not KEYPAIR_NAME.fullmatch(value):
+            raise ValueError(f"{quote(value)} is not a Nova keypair name: 1-255 chars of A-Z, a-z, 0-9, '_', "
+                             "'.', '-' and space")
+        return value
+
     @field_validator("allowed_cidr")
     @classmethod
     def _cidr(cls, value: Optional[str]) -> Optional[str]:
-        if value is not None:
-            _network(value)
+        if value is not None and _network(value).prefixlen > 0:
+            _usable_network(value, "a source of SSH connections")
         return value
 
 
@@ -106,10 +209,15 @@ class Network(_Section):
     cidr: str = Field(default="10.10.0.0/24", description="Private subnet of the cluster's VMs.")
     dns_nameservers: list[str] = Field(default_factory=lambda: ["8.8.8.8"])
 
+    @field_validator("external")
+    @classmethod
+    def _external(cls, value: str) -> str:
+        return _openstack_name(value)
+
     @field_validator("cidr")
     @classmethod
     def _cidr(cls, value: str) -> str:
-        net = _network(value)
+        net = _usable_network(value, "a cluster network")
         if net.prefixlen > 28:
             raise ValueError(f"{value} is too small for a cluster: use a /28 or larger")
         return value
@@ -119,14 +227,16 @@ class Network(_Section):
     def _dns(cls, value: list[str]) -> list[str]:
         for server in value:
             try:
-                ipaddress.ip_address(server)
+                address = ipaddress.ip_address(server)
             except ValueError:
-                raise ValueError(f"{server!r} is not an IP address") from None
+                raise ValueError(f"{quote(server)} is not an IP address") from None
+            if address.is_loopback or address.is_multicast or address.is_unspecified:
+                raise ValueError(f"{server} cannot be a DNS server of the VMs (loopback, multicast or unspecified)")
         return value
 
 
 class Nfs(_Section):
-    volume_size_gb: int = Field(default=100, ge=1, le=16384, description="Cinder volume size (GiB).")
+    volume_size_gb: StrictInt = Field(default=100, ge=1, le=16384, description="Cinder volume size (GiB).")
     export_path: str = Field(default="/export/share", description="Export directory on the NFS server.")
     mount_point: str = Field(default="/mnt/share", description="Where every host mounts the share.")
 
@@ -134,14 +244,16 @@ class Nfs(_Section):
     @classmethod
     def _abs(cls, value: str) -> str:
         if not re.fullmatch(r"/[A-Za-z0-9_./-]*", value) or ".." in value or not value.strip("/"):
-            raise ValueError(f"{value!r} must be an absolute path below / made of [A-Za-z0-9_./-]")
-        return value.rstrip("/")
+            raise ValueError(f"{quote(value)} must be an absolute path below / made of [A-Za-z0-9_./-]")
+        path = re.sub(r"/+", "/", value).rstrip("/")
+        _not_a_system_folder(path)
+        return path
 
 
 class Overlay(_Section):
     name: str = Field(default="astro-net", description="Name of the Swarm overlay network.")
     subnet: str = Field(default="10.0.9.0/24", description="Overlay subnet; must hold every node.")
-    encrypted: Union[Literal["auto"], bool] = Field(
+    encrypted: Union[Literal["auto"], StrictBool] = Field(
         default="auto",
         description="IPsec-encrypt overlay traffic between hosts. auto: encrypt where the hosts' "
         "kernel can (ESP with AES-GCM), else plain and reported; true: a host whose kernel cannot fails.",
@@ -155,7 +267,14 @@ class Overlay(_Section):
     @field_validator("subnet")
     @classmethod
     def _subnet(cls, value: str) -> str:
-        _network(value)
+        _usable_network(value, "an overlay network")
+        return value
+
+    @field_validator("encrypted", mode="before")
+    @classmethod
+    def _encrypted(cls, value: Any) -> Any:
+        if value != "auto" and not isinstance(value, bool):
+            raise ValueError(f"must be auto, true or false, got {quote(value)}")
         return value
 
 
@@ -165,36 +284,36 @@ class Registry(_Section):
         description="host:port of a private registry the hosts pull from; null: the "
         "cluster runs one on the NFS server VM.",
     )
-    insecure: bool = Field(default=True, description="Plain-HTTP registry (added to insecure-registries).")
+    insecure: StrictBool = Field(default=True, description="Plain-HTTP registry (added to insecure-registries).")
 
     @field_validator("url")
     @classmethod
     def _url(cls, value: Optional[str]) -> Optional[str]:
         match = re.fullmatch(r"[A-Za-z0-9.-]+(?::([0-9]{1,5}))?", value or "")
         if value is not None and (not match or not 1 <= int(match.group(1) or 80) <= 65535):
-            raise ValueError(f"{value!r} must be host[:port] (port 1-65535), without scheme or path")
+            raise ValueError(f"{quote(value)} must be host[:port] (port 1-65535), without scheme or path")
         return value
 
 
 class Application(_Section):
     image: str = Field(default="astrostack/mpi-base:latest", description="Image of the MPI containers.")
-    slots_per_node: int = Field(default=1, ge=1, le=256, description="MPI slots per container.")
+    slots_per_node: StrictInt = Field(default=1, ge=1, le=256, description="MPI slots per container.")
 
     @field_validator("image")
     @classmethod
     def _image(cls, value: str) -> str:
         if not re.fullmatch(r"[a-z0-9][a-z0-9._/:@-]{0,254}", value):
-            raise ValueError(f"{value!r} is not a container image reference")
+            raise ValueError(f"{quote(value)} is not a container image reference")
         return value
 
 
 class Timeouts(_Section):
     """Deadlines per phase, in seconds."""
 
-    stack_create: int = Field(default=900, description="Heat resources created (VMs ACTIVE).")
-    hosts_ready: int = Field(default=900, description="Every host signalled its wait condition.")
-    nodes_ready: int = Field(default=600, description="Every MPI rank running and reachable.")
-    delete: int = Field(default=600, description="Stack deletion.")
+    stack_create: StrictInt = Field(default=900, description="Heat resources created (VMs ACTIVE).")
+    hosts_ready: StrictInt = Field(default=900, description="Every host signalled its wait condition.")
+    nodes_ready: StrictInt = Field(default=600, description="Every MPI rank running and reachable.")
+    delete: StrictInt = Field(default=600, description="Stack deletion.")
 
     @field_validator("stack_create", "hosts_ready", "nodes_ready", "delete")
     @classmethod
@@ -224,8 +343,8 @@ class ClusterSpec(_Section):
     name: str = Field(description="Cluster name: DNS-safe, 1-32 chars, lower case.")
     cloud: str = Field(default="local", description="clouds.yaml cloud name, or `local`.")
     mode: Mode = Field(default=Mode.swarm, description="`swarm` (Docker Swarm services) or `mpi` (plain MPI hosts).")
-    hosts: int = Field(default=3, ge=1, le=1000, strict=True, description="VMs that run containers, manager included.")
-    nodes: int = Field(default=12, ge=1, le=100000, strict=True, description="MPI ranks (containers in swarm mode), master included.")
+    hosts: StrictInt = Field(default=3, ge=1, le=1000, description="VMs that run containers, manager included.")
+    nodes: StrictInt = Field(default=12, ge=1, le=100000, description="MPI ranks (containers in swarm mode), master included.")
     servers: Servers = Servers()
     ssh: Ssh = Ssh()
     network: Network = Network()
@@ -248,7 +367,7 @@ class ClusterSpec(_Section):
     @classmethod
     def _cloud(cls, value: str) -> str:
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", value):
-            raise ValueError(f"{value!r} is not a clouds.yaml cloud name")
+            raise ValueError(f"{quote(value)} is not a clouds.yaml cloud name")
         return value
 
     @field_validator("tags")
@@ -256,7 +375,15 @@ class ClusterSpec(_Section):
     def _tags(cls, value: list[str]) -> list[str]:
         for tag in value:
             if not TAG.fullmatch(tag):
-                raise ValueError(f"{tag!r}: tags are 1-60 chars of [A-Za-z0-9_.:=-]")
+                raise ValueError(f"{quote(tag)}: tags are 1-60 chars of [A-Za-z0-9_.:=-]")
+            if tag == marks.GENERIC_TAG or tag.startswith(marks.TAG_PREFIX):
+                raise ValueError(f"{quote(tag)} is astrostack's own mark (it names the cluster a resource "
+                                 "belongs to, for the sweeper): pick another tag")
+        if len(value) > MAX_USER_TAGS:
+            raise ValueError(f"{len(value)} tags: Nova allows {NOVA_MAX_TAGS} per server and astrostack adds 2 "
+                             f"of its own: use at most {MAX_USER_TAGS}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"{quote(next(t for t in value if value.count(t) > 1))} is listed twice")
         return value
 
     @model_validator(mode="after")
@@ -267,12 +394,15 @@ class ClusterSpec(_Section):
         _check_overlay_apart_from_network(self)
         _check_network_capacity(self)
         _check_heat_resources(self)
+        if self.nfs.mount_point == self.nfs.export_path:
+            raise ValueError(f"nfs.mount_point: {self.nfs.mount_point} is also nfs.export_path: the share would "
+                             "be mounted over its own export; use another folder (e.g. /mnt/share)")
         if self.ssh.allowed_cidr is None:
             raise ValueError("ssh.allowed_cidr: required: where astrostack reaches the manager's floating IP "
                              f"from (e.g. your office /32; {LOCAL_CLOUD_SOURCE} on the local cloud)")
         for fault in self.faults:
             if fault.host not in self.host_names() + ["nfs"]:
-                raise ValueError(f"faults: no host {fault.host!r} (hosts: manager, worker-0..worker-{self.workers - 1}, nfs)")
+                raise ValueError(f"faults: no host {quote(fault.host)} (hosts: manager, worker-0..worker-{self.workers - 1}, nfs)")
         return self
 
     # Derived values -----------------------------------------------------
@@ -297,26 +427,20 @@ class ClusterSpec(_Section):
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
+    def warnings(self) -> list[str]:
+        """Valid but risky choices, said loudly by every command that loads the spec."""
+        found = []
+        cidr = self.ssh.allowed_cidr
+        if cidr is not None and ipaddress.IPv4Network(cidr).prefixlen == 0:
+            found.append(f"ssh.allowed_cidr is {cidr}: any address on the Internet may try SSH on the manager's "
+                         "floating IP; use the address astrostack reaches it from (e.g. 203.0.113.7/32)")
+        return found
+
     def fault_for(self, host: str) -> Optional[str]:
         for fault in self.faults:
             if fault.host == host:
                 return fault.fault
         return None
-
-
-def _dns_label(value: str) -> str:
-    if not DNS_LABEL.fullmatch(value):
-        raise ValueError(
-            f"{value!r} is not DNS-safe: use 1-32 chars of a-z, 0-9 and '-', starting with a letter"
-        )
-    return value
-
-
-def _network(value: str) -> ipaddress.IPv4Network:
-    try:
-        return ipaddress.IPv4Network(value, strict=True)
-    except ValueError as exc:
-        raise ValueError(f"{value!r} is not an IPv4 CIDR ({exc})") from None
 
 
 def _check_overlay_capacity(spec: ClusterSpec) -> None:
@@ -364,15 +488,17 @@ def _check_heat_resources(spec: ClusterSpec) -> None:
 
 
 def load_spec(path: str | Path) -> ClusterSpec:
-    """Read and validate a spec file; raise :class:`SpecError` with one line."""
-    return _spec_from_data(read_yaml(Path(path), "spec", SpecError), str(path))
+    """Read and validate a spec file (``-``: standard input); raise :class:`SpecError` with one line."""
+    source = "<stdin>" if str(path) == STDIN else show_path(path)
+    return spec_from_data(read_yaml(path, "spec", SpecError), source)
 
 
 def parse_spec(text: str, source: str = "<spec>") -> ClusterSpec:
-    return _spec_from_data(parse_yaml(text, source, SpecError), source)
+    return spec_from_data(parse_yaml(text, source, SpecError), source)
 
 
-def _spec_from_data(data: Any, source: str) -> ClusterSpec:
+def spec_from_data(data: Any, source: str) -> ClusterSpec:
+    """Whatever a YAML file held -> a validated spec, or :class:`SpecError` with one line."""
     if not isinstance(data, dict):
         raise SpecError(f"{source}: a spec is a YAML mapping with at least `name:`")
     return spec_from_dict(data, source)
@@ -386,20 +512,39 @@ def spec_from_dict(data: dict[str, Any], source: str = "<spec>") -> ClusterSpec:
 
 
 def describe_validation_error(exc: ValidationError) -> str:
-    """The first error as `field: message`, plus a count of the others."""
+    """The first error as `field: message`, plus a count of the others; what the
+    user wrote is quoted (escapes shown, bounded length), never echoed raw."""
     errors = exc.errors()
     first = errors[0]
-    field = ".".join(str(part) for part in first["loc"])
+    field = ".".join(_field_part(part) for part in first["loc"])
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown field (see `astrostack spec schema`)"
     elif first["type"] == "missing":
         message = "required field is missing"
     elif first["type"] in ("enum", "literal_error"):
-        message = f"{message}, got {first.get('input')!r}"
+        message = f"{message}, got {quote(first.get('input'))}"
+    elif first["type"].endswith("_type") or first["type"].endswith("_parsing"):
+        message = f"{message}, got {_described_input(first.get('input'))}"
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     # Cross-field checks (model validators) already start with their field.
     return f"{field}: {message}{more}" if field else f"{message}{more}"
+
+
+def _field_part(part: Any) -> str:
+    text = str(part)
+    return text if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", text) else quote(text, limit=40)
+
+
+def _described_input(value: Any) -> str:
+    """What the user wrote where a type was wrong, said so that the fix is plain."""
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (a boolean)"
+    if isinstance(value, str):
+        return f"{quote(value)} (text: write numbers and booleans without quotes)"
+    if isinstance(value, (dict, list)):
+        return f"a {'mapping' if isinstance(value, dict) else 'list'}"
+    return quote(value)
 
 
 def json_schema() -> dict[str, Any]:
