@@ -5,12 +5,22 @@ The HOT templates are copied as they are (real-cloud templates); the spec
 reaches Heat only through `environment.yaml`'s parameters and the rendered
 user-data, so `openstack stack create -t DIR/cluster.yaml -e
 DIR/environment.yaml NAME` works on what this writes.
+
+A render never overwrites a file it did not write: it keeps a manifest of
+what it wrote (``.astrostack-render.json``: each file's SHA-256) and, before
+writing anything, refuses (naming the file) if a file it would write is there
+and is neither as a render left it nor identical to the new content. Files are
+replaced through a temporary file, so a link in the folder is replaced, never
+followed. Rendering makes no key: the public key is a parameter.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import shlex
-import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,10 +29,12 @@ import jinja2
 import yaml
 
 from astrostack import __version__, marks, paths
-from astrostack.errors import InvalidInput, TemplateError
+from astrostack.errors import InvalidInput, TemplateError, show_path
 from astrostack.spec import ClusterSpec
 
 ROLES = ("nfs", "manager", "worker")
+MANIFEST = ".astrostack-render.json"
+MANIFEST_WRITER = "astrostack render"
 HEAT_PLACEHOLDERS = (
     "__ASTROSTACK_SIGNAL_URL__",
     "__ASTROSTACK_SIGNAL_TOKEN__",
@@ -62,9 +74,13 @@ class Rendered:
     template: Path
     environment: Path
     user_data: dict[str, Path]
+    written: tuple[Path, ...] = ()
 
     def files(self) -> list[Path]:
-        return sorted(p for p in self.directory.rglob("*") if p.is_file())
+        """The files the render wrote (the manifest aside)."""
+        if self.written:
+            return sorted(self.written)
+        return sorted(p for p in self.directory.rglob("*") if p.is_file() and p.name != MANIFEST)
 
 
 def _jinja_env() -> jinja2.Environment:
@@ -193,32 +209,120 @@ def environment(spec: ClusterSpec, ssh_public_key: str = "") -> dict[str, Any]:
 def render(spec: ClusterSpec, out_dir: str | Path, ssh_public_key: str = "") -> Rendered:
     """Write everything `openstack stack create -t -e` needs into OUT_DIR."""
     out = Path(out_dir)
+    files = rendered_files(spec, ssh_public_key)
     try:
-        return _write_render(spec, out, ssh_public_key)
+        return _write_render(spec, out, files)
     except OSError as exc:
-        raise InvalidInput(f"{out}: cannot write the render there ({exc.strerror or exc})") from None
+        raise InvalidInput(f"{show_path(out)}: cannot write the render there ({exc.strerror or exc})") from None
 
 
-def _write_render(spec: ClusterSpec, out: Path, ssh_public_key: str) -> Rendered:
-    if out.exists() and not out.is_dir():
-        raise InvalidInput(f"{out}: exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
+def rendered_files(spec: ClusterSpec, ssh_public_key: str = "") -> dict[str, bytes]:
+    """Every file of the render, by its path relative to the output folder."""
     source = paths.heat_templates_dir()
-    shutil.copyfile(source / "cluster.yaml", out / "cluster.yaml")
-    (out / "lib").mkdir(exist_ok=True)
+    files = {"cluster.yaml": (source / "cluster.yaml").read_bytes()}
     for nested in sorted((source / "lib").glob("*.yaml")):
-        shutil.copyfile(nested, out / "lib" / nested.name)
-    user_data_dir = out / "user-data"
-    user_data_dir.mkdir(exist_ok=True)
+        files[f"lib/{nested.name}"] = nested.read_bytes()
     jinja_env = _jinja_env()
-    user_data = {}
     for role in ROLES:
-        target = user_data_dir / f"{role}.yaml"
-        target.write_text(render_user_data(spec, role, jinja_env))
-        user_data[role] = target
-    env_path = out / "environment.yaml"
-    env_path.write_text(_environment_text(spec, ssh_public_key))
-    return Rendered(out, out / "cluster.yaml", env_path, user_data)
+        files[f"user-data/{role}.yaml"] = render_user_data(spec, role, jinja_env).encode()
+    files["environment.yaml"] = _environment_text(spec, ssh_public_key).encode()
+    return files
+
+
+def _write_render(spec: ClusterSpec, out: Path, files: dict[str, bytes]) -> Rendered:
+    if out.exists() and not out.is_dir():
+        raise InvalidInput(f"{show_path(out)}: exists and is not a directory")
+    previous = read_manifest(out)
+    _refuse_foreign_files(out, files, previous)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for relative, content in files.items():
+        target = out / relative
+        target.parent.mkdir(exist_ok=True)
+        _write_file(target, content)
+        written.append(target)
+    _remove_stale(out, previous, files)
+    _write_file(out / MANIFEST, _manifest_text(spec, files))
+    user_data = {role: out / "user-data" / f"{role}.yaml" for role in ROLES}
+    return Rendered(out, out / "cluster.yaml", out / "environment.yaml", user_data, tuple(written))
+
+
+def read_manifest(out: Path) -> dict[str, str]:
+    """relative path -> SHA-256 of what the last render into OUT wrote ({} without a manifest)."""
+    manifest = out / MANIFEST
+    if not os.path.lexists(manifest):
+        return {}
+    try:
+        data = json.loads(manifest.read_text()) if manifest.is_file() and not manifest.is_symlink() else None
+    except (OSError, UnicodeDecodeError, ValueError):
+        data = None
+    files = data.get("files") if isinstance(data, dict) and data.get("written_by") == MANIFEST_WRITER else None
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise InvalidInput(f"{show_path(manifest)}: is not a manifest astrostack render wrote; not touching "
+                           f"{show_path(out)}", hint="render into another folder")
+    return files
+
+
+def _refuse_foreign_files(out: Path, files: dict[str, bytes], previous: dict[str, str]) -> None:
+    foreign = [out / relative for relative, content in files.items()
+               if not _ours(out, relative, content, previous)]
+    if foreign:
+        more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+        raise InvalidInput(f"{show_path(foreign[0])}: exists and was not written by astrostack render (or was "
+                           f"changed since); not overwriting it{more}",
+                           hint="render into another folder, e.g. -o stack/")
+
+
+def _ours(out: Path, relative: str, content: bytes, previous: dict[str, str]) -> bool:
+    """True if writing CONTENT at OUT/RELATIVE loses nothing: no file there, or ours, or the same bytes."""
+    folder = out / relative.rpartition("/")[0] if "/" in relative else out
+    if folder != out and os.path.lexists(folder) and (folder.is_symlink() or not folder.is_dir()):
+        return False
+    target = out / relative
+    if not os.path.lexists(target):
+        return True
+    if target.is_symlink() or not target.is_file():
+        return False
+    current = target.read_bytes()
+    return current == content or previous.get(relative) == _sha256(current)
+
+
+def _remove_stale(out: Path, previous: dict[str, str], files: dict[str, bytes]) -> None:
+    """Files the last render wrote that this one does not, if still as written."""
+    for relative, digest in previous.items():
+        target = out / relative
+        if relative in files or ".." in Path(relative).parts or target.is_symlink() or not target.is_file():
+            continue
+        if _sha256(target.read_bytes()) == digest:
+            target.unlink()
+
+
+def _write_file(target: Path, content: bytes) -> None:
+    """CONTENT at TARGET through a temporary file in the same folder (never through a link at TARGET)."""
+    fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(content)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, target)
+    finally:
+        if os.path.lexists(temporary):
+            os.unlink(temporary)
+
+
+def _manifest_text(spec: ClusterSpec, files: dict[str, bytes]) -> bytes:
+    manifest = {
+        "written_by": MANIFEST_WRITER,
+        "version": __version__,
+        "cluster": spec.name,
+        "spec_hash": spec.spec_hash(),
+        "files": {relative: _sha256(content) for relative, content in sorted(files.items())},
+    }
+    return (json.dumps(manifest, indent=2) + "\n").encode()
+
+
+def _sha256(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
 
 
 def _environment_text(spec: ClusterSpec, ssh_public_key: str) -> str:
@@ -226,5 +330,8 @@ def _environment_text(spec: ClusterSpec, ssh_public_key: str) -> str:
         f"# Heat environment of astrostack cluster {spec.name!r} (spec hash {spec.spec_hash()}).\n"
         f"# Use: openstack stack create -t cluster.yaml -e environment.yaml {spec.name}\n"
     )
+    if not spec.ssh.keypair and not ssh_public_key:
+        header += ("# No SSH key: set ssh_public_key below to your public key (one line), or ssh.keypair\n"
+                   "# in the spec; as it is, the servers get no key to log in with.\n")
     body = yaml.safe_dump(environment(spec, ssh_public_key), sort_keys=False, default_flow_style=False)
     return header + body

@@ -91,6 +91,27 @@ def validate(spec: ClusterSpec, keep_dir: Path | None = None) -> Report:
     return report
 
 
+def validate_matrix(data: Any, source: str, base_dir: Path = Path(".")) -> Report:
+    """A bench matrix, whole: the matrix, its job and every point's spec (no render)."""
+    from astrostack.bench.matrix import matrix_from_dict
+
+    matrix = matrix_from_dict(data, source=source, base_dir=base_dir)
+    report = Report([Check("matrix", True, f"{matrix.name}: {len(matrix.points)} point(s) x {matrix.repeats}"),
+                     Check("job", True, f"profile {matrix.job.get('profile', 'mpi')}")])
+    for point in matrix.points:
+        spec = matrix.point_spec(point)
+        report.checks.append(Check(f"point {point.label}", True, f"{spec.name}: {spec.hosts} hosts, {spec.nodes} nodes"))
+    return report
+
+
+def validate_job(data: Any, source: str) -> Report:
+    """A job file."""
+    from astrostack.job import job_from_dict
+
+    job = job_from_dict(data, source=source)
+    return Report([Check("job", True, f"profile {job.profile}")])
+
+
 def check_rendered(rendered: Rendered, report: Report) -> None:
     environment = yaml.safe_load(rendered.environment.read_text())
     registry = environment.get("resource_registry", {})

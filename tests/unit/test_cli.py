@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -108,8 +107,9 @@ def test_render_writes_the_stack_files(capsys, tmp_path):
     # A short relative path: what it prints stays under 80 columns.
     code, out, err = run(capsys, "render", SAGECAL, "-o", "out")
 
-    assert (code, err) == (0, "")
-    written = {str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    assert code == 0 and err.startswith("warning: out/environment.yaml gives the servers no SSH key")
+    written = {str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*")
+               if p.is_file() and p.name != ".astrostack-render.json"}
     assert written == {"cluster.yaml", "environment.yaml", "lib/worker.yaml",
                        "user-data/nfs.yaml", "user-data/manager.yaml", "user-data/worker.yaml"}
     # What it prints: the files, then the command to run next.
@@ -131,30 +131,18 @@ def test_render_prints_the_next_command_on_one_line(capsys, tmp_path):
     ]
 
 
-def test_render_json_lists_the_files_and_generates_a_private_key(capsys, tmp_path, home):
+def test_render_json_lists_the_files_it_wrote_and_makes_no_key(capsys, tmp_path, home):
     code, out, _ = run(capsys, "render", SAGECAL, "-o", tmp_path / "out", "--json")
 
     assert code == 0
     listing = json.loads(out)
     assert Path(listing["directory"]) == tmp_path / "out"
-    assert sorted(listing["files"]) == sorted(str(p) for p in (tmp_path / "out").rglob("*") if p.is_file())
-    # No keypair in the spec: a key pair is generated; only the public half travels.
-    (private,) = (home / "keys").glob("sagecal-12x96_ed25519")
-    assert stat.S_IMODE(private.stat().st_mode) == 0o600
-    public = private.with_suffix(".pub").read_text().strip()
+    assert sorted(listing["files"]) == sorted(str(p) for p in (tmp_path / "out").rglob("*")
+                                              if p.is_file() and p.name != ".astrostack-render.json")
+    # An offline command: no key made, nothing written to astrostack's data folder.
+    assert not home.exists()
     parameters = yaml.safe_load((tmp_path / "out" / "environment.yaml").read_text())["parameters"]
-    assert parameters["ssh_public_key"] == public
-    assert private.read_text() not in "".join(p.read_text() for p in (tmp_path / "out").rglob("*.yaml"))
-
-
-def test_render_keeps_the_same_key_on_a_second_render(capsys, tmp_path):
-    run(capsys, "render", SAGECAL, "-o", tmp_path / "a")
-    run(capsys, "render", SAGECAL, "-o", tmp_path / "b")
-
-    def key(folder: str) -> str:
-        return yaml.safe_load((tmp_path / folder / "environment.yaml").read_text())["parameters"]["ssh_public_key"]
-
-    assert key("a") == key("b")
+    assert parameters["ssh_public_key"] == ""
 
 
 # validate ---------------------------------------------------------------------

@@ -159,6 +159,7 @@ def test_render_writes_exactly_what_stack_create_needs(out):
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
 
     assert files == [
+        ".astrostack-render.json",  # what the render wrote, so that a later render overwrites only that
         "cluster.yaml",
         "environment.yaml",
         "lib/worker.yaml",

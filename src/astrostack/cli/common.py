@@ -1,17 +1,36 @@
-"""What every command shares: consoles, JSON output, spec loading."""
+"""What every command shares: consoles, JSON output, spec loading.
+
+Cheap to import (the CLI's start time depends on it): the consoles are made
+when first used, the spec model is imported when a spec is loaded.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
+if TYPE_CHECKING:
+    from rich.console import Console
 
-from astrostack.spec import ClusterSpec, load_spec
+    from astrostack.spec import ClusterSpec
 
-console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
+_consoles: dict[str, Console] = {}
+
+
+def _console(name: str) -> Console:
+    if name not in _consoles:
+        from rich.console import Console
+
+        _consoles[name] = Console(stderr=name == "err_console", soft_wrap=True, emoji=False)
+    return _consoles[name]
+
+
+def __getattr__(name: str) -> Any:
+    """``console`` (stdout) and ``err_console`` (stderr), made on first use."""
+    if name in ("console", "err_console"):
+        return _console(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def print_json(data: Any) -> None:
@@ -20,5 +39,20 @@ def print_json(data: Any) -> None:
     sys.stdout.flush()
 
 
+def warn(message: str) -> None:
+    """One `warning:` line on stderr (user text in MESSAGE is shown, never interpreted)."""
+    from rich.markup import escape
+
+    from astrostack.errors import one_line
+
+    _console("err_console").print(f"[yellow]warning:[/yellow] {escape(one_line(message))}", highlight=False)
+
+
 def spec_from_path(path: str) -> ClusterSpec:
-    return load_spec(path)
+    """Load and validate the spec at PATH (``-``: standard input); its warnings go to stderr."""
+    from astrostack.spec import load_spec
+
+    spec = load_spec(path)
+    for message in spec.warnings():
+        warn(message)
+    return spec
