@@ -116,13 +116,15 @@ class World:
     def group(self, name):
         group = {"id": new_id(), "name": name, "security_group_rules": []}
         self.payload["security_groups"].append(group)
-        self.rule(group["id"], "egress")
+        self.rule(group["id"], "egress")                       # Neutron's default egress rules
+        self.rule(group["id"], "egress", ethertype="IPv6")
         return group["id"]
 
-    def rule(self, group_id, direction, protocol=None, low=None, high=None, prefix=None, remote_group=None):
+    def rule(self, group_id, direction, protocol=None, low=None, high=None, prefix=None, remote_group=None,
+             ethertype="IPv4"):
         group = next(g for g in self.payload["security_groups"] if g["id"] == group_id)
         group["security_group_rules"].append({
-            "id": new_id(), "security_group_id": group_id, "direction": direction, "ethertype": "IPv4",
+            "id": new_id(), "security_group_id": group_id, "direction": direction, "ethertype": ethertype,
             "protocol": protocol, "port_range_min": low, "port_range_max": high,
             "remote_ip_prefix": prefix, "remote_group_id": remote_group})
 
@@ -229,10 +231,12 @@ class Vm:
         sh("ip", "netns", "add", name)
         in_ns(name, "ip", "link", "set", "lo", "up")
         bridge = naming.network_bridge(port["network_id"])
+        # As the Nova driver does: the guest end has the port's MAC from the start (its IPv6
+        # link-local address derives from it), the MTU is left for DHCP to set.
         sh("ip", "-n", HOST, "link", "add", self.tap, "mtu", "1450", "type", "veth", "peer", "name", "eth0",
-           "netns", name)
+           "mtu", "1500", "address", port["mac_address"], "netns", name)
         sh("ip", "-n", HOST, "link", "set", self.tap, "master", bridge, "up")
-        in_ns(name, "ip", "link", "set", "eth0", "address", port["mac_address"], "mtu", "1500", "up")
+        in_ns(name, "ip", "link", "set", "eth0", "up")
 
     def dhcp(self, script: Path, timeout: float) -> float:
         """dhclient once; returns the seconds to a lease."""
@@ -278,7 +282,7 @@ NS=$(ip netns identify)
 case "$reason" in
   BOUND|RENEW|REBIND|REBOOT)
     env | grep -E '^(new_|reason=|interface=)' | sort > "@DIR@/$NS.lease"
-    ip addr flush dev "$interface"
+    ip -4 addr flush dev "$interface"
     ip addr add "$new_ip_address/$new_subnet_mask" dev "$interface"
     [ -n "$new_interface_mtu" ] && ip link set "$interface" mtu "$new_interface_mtu"
     for router in $new_routers; do ip route replace default via "$router" dev "$interface"; break; done
@@ -406,6 +410,33 @@ def test_members_reach_each_other_and_others_do_not(vms):
     finally:
         server.close()
         closed.close()
+
+
+def test_link_local_ipv6_is_filtered_but_neighbour_discovery_works(vms):
+    vm1, vm2 = vms["vm1"], vms["vm2"]
+    peer = firewall.link_local(vm2.port["mac_address"])
+    for vm in (vm1, vm2):     # duplicate address detection first
+        assert _wait_until(lambda vm=vm: "tentative" not in in_ns(vm.name, "ip", "-6", "addr", "show", "dev",
+                                                                    "eth0").stdout, timeout=10)
+    with netns.entered(vm2.name):
+        server = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    server.bind(("::", 7946))
+    server.listen()
+    try:
+        with netns.entered(vm1.name):
+            scope = socket.if_nametoindex("eth0")
+            client = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        client.settimeout(1)
+        with pytest.raises(OSError):          # the group allows 7946 over IPv4 only
+            client.connect((peer, 7946, 0, scope))
+        client.close()
+        assert in_ns(vm1.name, "ping", "-6", "-c1", "-W1", f"{peer}%eth0", check=False).returncode != 0
+        neighbour = in_ns(vm1.name, "ip", "-6", "neigh", "show", "dev", "eth0").stdout
+        assert f"{peer} lladdr {vm2.port['mac_address']}" in neighbour, neighbour   # NS/NA went through
+    finally:
+        server.close()
 
 
 def test_spoofed_source_is_dropped(vms):

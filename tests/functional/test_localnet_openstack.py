@@ -34,7 +34,7 @@ NS=$(ip netns identify)
 case "$reason" in
   BOUND|RENEW|REBIND|REBOOT)
     env | grep -E '^(new_|reason=)' | sort > "@DIR@/$NS.lease"
-    ip addr flush dev "$interface"
+    ip -4 addr flush dev "$interface"
     ip addr add "$new_ip_address/$new_subnet_mask" dev "$interface"
     [ -n "$new_interface_mtu" ] && ip link set "$interface" mtu "$new_interface_mtu"
     for router in $new_routers; do ip route replace default via "$router" dev "$interface"; break; done
@@ -93,9 +93,10 @@ class Vm:
         sh("ip", "netns", "delete", name, check=False)
         sh("ip", "netns", "add", name)
         sh("ip", "-n", name, "link", "set", "lo", "up")
-        sh("ip", "link", "add", self.tap, "mtu", "1450", "type", "veth", "peer", "name", "eth0", "netns", name)
+        sh("ip", "link", "add", self.tap, "mtu", "1450", "type", "veth", "peer", "name", "eth0",
+           "address", port.mac_address, "netns", name)
         sh("ip", "link", "set", self.tap, "master", naming.network_bridge(port.network_id), "up")
-        sh("ip", "-n", name, "link", "set", "eth0", "address", port.mac_address, "up")
+        sh("ip", "-n", name, "link", "set", "eth0", "up")
 
     def dhcp(self, script: Path) -> float:
         started = time.monotonic()

@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 
 PROJECT = "p" + "0" * 31
-PROTOCOL_NUMBERS = {"icmp": "1", "tcp": "6", "udp": "17", "esp": "50", "sctp": "132"}
+PROTOCOL_NUMBERS = {"icmp": "1", "tcp": "6", "udp": "17", "esp": "50", "ipv6-icmp": "58", "sctp": "132"}
 
 
 def new_id() -> str:
@@ -205,6 +205,7 @@ class Netfilter:
             "--sport": lambda: p.sport is not None and p.sport in _ports(value),
             "--dports": lambda: p.dport is not None and any(p.dport in _ports(v) for v in value.split(",")),
             "--icmp-type": lambda: p.icmp_type is not None and int(value.split("/")[0]) == p.icmp_type,
+            "--icmpv6-type": lambda: p.icmp_type is not None and int(value.split("/")[0]) == p.icmp_type,
             "--physdev-in": lambda: p.physdev_in == value,
             "--physdev-out": lambda: p.physdev_out == value,
             "bridged": lambda: p.bridged,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from localnet_world import Netfilter, Packet, World, parse_ipset_restore
+from localnet_world import Netfilter, Packet, World, new_id, parse_ipset_restore
 
 from astrostack import paths
 from astrostack_localcloud import naming
@@ -266,6 +266,76 @@ def test_each_network_has_its_own_conntrack_zone():
     zones = {netfilter.zone(Packet(src="10.20.0.5", dst="10.20.0.1", in_interface=naming.network_bridge(n)))
              for n in (net_a, net_b)}
     assert zones == {1, 2}
+
+
+# --- IPv6: the tenant subnets are IPv4, but the VMs' link-local IPv6 is filtered too -------
+
+
+@pytest.fixture(scope="module")
+def ipv6(cluster):
+    return Netfilter(firewall.render_restore(cluster.state, version=6),
+                     parse_ipset_restore(firewall.render_ipsets(cluster.state.ipsets6, "inet6")))
+
+
+def _lla(port: dict) -> str:
+    return firewall.link_local(port["mac_address"])
+
+
+def test_link_local_address_is_the_macs_eui64():
+    assert firewall.link_local("fa:16:3e:00:01:02") == "fe80::f816:3eff:fe00:102"
+
+
+def test_ipv6_between_members_is_dropped_as_no_ipv6_rule_allows_it(cluster, ipv6):
+    packet = cluster.packet(cluster.worker1, cluster.manager, "tcp", 7946,
+                            src=_lla(cluster.worker1), dst=_lla(cluster.manager))
+    assert ipv6.forward(packet) == "DROP"
+
+
+def test_neighbour_discovery_passes_router_adverts_from_vms_do_not(cluster, ipv6):
+    solicit = cluster.packet(cluster.worker1, cluster.manager, "ipv6-icmp", src=_lla(cluster.worker1),
+                             dst="ff02::1:ff00:1", icmp_type=135)
+    assert ipv6.forward(solicit) == "ACCEPT"
+    dad = cluster.packet(cluster.worker1, cluster.manager, "ipv6-icmp", src="::", dst="ff02::1:ff00:1",
+                         icmp_type=135)
+    assert ipv6.forward(dad) == "ACCEPT"
+    advert = cluster.packet(cluster.worker1, cluster.manager, "ipv6-icmp", src=_lla(cluster.worker1),
+                            dst="ff02::1", icmp_type=134)
+    assert ipv6.forward(advert) == "DROP"
+    echo = cluster.packet(cluster.worker1, cluster.manager, "ipv6-icmp", src=_lla(cluster.worker1),
+                          dst=_lla(cluster.manager), icmp_type=128)
+    assert ipv6.forward(echo) == "DROP"
+
+
+def test_spoofed_link_local_addresses_are_dropped(cluster, ipv6):
+    solicit = cluster.packet(cluster.worker1, cluster.manager, "ipv6-icmp", src=_lla(cluster.worker2),
+                             dst="ff02::1:ff00:1", icmp_type=135)
+    assert ipv6.forward(solicit) == "DROP"
+
+
+def test_an_ipv6_rule_with_a_remote_group_admits_the_groups_ipv6_members():
+    world = World()
+    net, subnet = world.network("10.30.0.0/24", "10.30.0.1")
+    v6_subnet = new_id()
+    world.payload["subnets"].append({"id": v6_subnet, "network_id": net, "cidr": "2001:db8::/64", "ip_version": 6,
+                                     "gateway_ip": "2001:db8::1", "enable_dhcp": False})
+    group = world.group("g6")
+    world.rule(group, "ingress", "tcp", 80, 80, remote_group=group, ethertype="IPv6")
+    web, client, other = (world.port(net, subnet, f"10.30.0.{n}", groups=(group,) if n < 12 else ())
+                          for n in (10, 11, 12))
+    for port, address in ((web, "2001:db8::10"), (client, "2001:db8::11"), (other, "2001:db8::12")):
+        port["fixed_ips"].append({"subnet_id": v6_subnet, "ip_address": address})
+    state = desired_state(topology_from_payload(world.payload), Settings(), {net: 1}, host="h")
+    netfilter = Netfilter(firewall.render_restore(state, version=6),
+                          parse_ipset_restore(firewall.render_ipsets(state.ipsets6, "inet6")))
+    bridge = naming.network_bridge(net)
+
+    def packet(source, src):
+        return Packet(src=src, dst="2001:db8::10", dport=80, physdev_in=naming.tap_device(source["id"]),
+                      physdev_out=naming.tap_device(web["id"]), in_interface=bridge, out_interface=bridge,
+                      mac=source["mac_address"])
+
+    assert netfilter.forward(packet(client, "2001:db8::11")) == "ACCEPT"
+    assert netfilter.forward(packet(other, "2001:db8::12")) == "DROP"
 
 
 # --- remote groups as ipsets, chains replaced whole ---------------------------------------

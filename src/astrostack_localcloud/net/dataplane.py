@@ -250,29 +250,33 @@ def set_default_route(runner: Runner, namespace: str, gateway: str | None, devic
 # --- netfilter --------------------------------------------------------------------------
 
 
-def iptables_restore(runner: Runner, text: str, what: str, namespace=HOST, noflush: bool = False) -> None:
-    argv = ["iptables-restore", "-w", "10"] + (["--noflush"] if noflush else [])
+def _iptables(version: int) -> str:
+    return "ip6tables" if version == 6 else "iptables"
+
+
+def iptables_restore(runner: Runner, text: str, what: str, namespace=HOST, noflush: bool = False,
+                     version: int = 4) -> None:
+    argv = [f"{_iptables(version)}-restore", "-w", "10"] + (["--noflush"] if noflush else [])
     runner.run(argv, what=what, namespace=namespace, stdin=text)
 
 
-def iptables_save(runner: Runner, tables: Iterable[str], namespace=HOST) -> str:
-    return "".join(runner.run(["iptables-save", "-t", table], what=f"iptables-save -t {table}",
-                              namespace=namespace).stdout for table in tables)
+def iptables_save(runner: Runner, tables: Iterable[str], namespace=HOST, version: int = 4) -> str:
+    save = f"{_iptables(version)}-save"
+    return "".join(runner.run([save, "-t", table], what=f"{save} -t {table}", namespace=namespace).stdout
+                   for table in tables)
 
 
-def ensure_jump(runner: Runner, table: str, builtin: str, chain: str) -> None:
+def ensure_jump(runner: Runner, table: str, builtin: str, chain: str, version: int = 4) -> None:
     """Our chain first in the built-in one (inserted once, found again by -C)."""
-    rule = ["-j", chain]
-    check = runner.run(["iptables", "-w", "10", "-t", table, "-C", builtin] + rule,
-                       what=f"look for {builtin} -> {chain}", check=False)
+    command = [_iptables(version), "-w", "10", "-t", table]
+    check = runner.run(command + ["-C", builtin, "-j", chain], what=f"look for {builtin} -> {chain}", check=False)
     if check.returncode != 0:
-        runner.run(["iptables", "-w", "10", "-t", table, "-I", builtin, "1"] + rule,
-                   what=f"jump {table} {builtin} -> {chain}")
+        runner.run(command + ["-I", builtin, "1", "-j", chain], what=f"jump {table} {builtin} -> {chain}")
 
 
-def remove_jump(runner: Runner, table: str, builtin: str, chain: str) -> None:
+def remove_jump(runner: Runner, table: str, builtin: str, chain: str, version: int = 4) -> None:
     for _ in range(8):  # bounded: a jump inserted twice by hand goes too
-        done = runner.run(["iptables", "-w", "10", "-t", table, "-D", builtin, "-j", chain],
+        done = runner.run([_iptables(version), "-w", "10", "-t", table, "-D", builtin, "-j", chain],
                           what=f"remove {builtin} -> {chain}", check=False)
         if done.returncode != 0:
             return
@@ -283,9 +287,9 @@ def ipset_restore(runner: Runner, text: str) -> None:
         runner.run(["ipset", "restore"], what="ipset restore", stdin=text)
 
 
-def ipset_names(runner: Runner, prefix: str) -> set[str]:
+def ipset_names(runner: Runner, prefixes: tuple[str, ...]) -> set[str]:
     done = runner.run(["ipset", "list", "-n"], what="ipset list", check=False)
-    return {name for name in done.stdout.split() if name.startswith(prefix)}
+    return {name for name in done.stdout.split() if name.startswith(prefixes)}
 
 
 def ipset_destroy(runner: Runner, name: str) -> None:

@@ -105,6 +105,11 @@ class FilterRule:
     port_max: int | None = None
     remote_prefix: str | None = None
     remote_ipset: str | None = None
+    ethertype: str = "IPv4"
+
+    @property
+    def version(self) -> int:
+        return 6 if self.ethertype == "IPv6" else 4
 
 
 @dataclass(frozen=True)
@@ -114,10 +119,11 @@ class FilteredPort:
     bridge: str
     mac: str
     ips: tuple[str, ...]
-    address_pairs: tuple[tuple[str, str], ...]       # (mac, ip or cidr)
+    address_pairs: tuple[tuple[str, str], ...]       # (mac, ip or cidr), both families
     dhcp_servers: tuple[str, ...]
-    ingress: tuple[FilterRule, ...]
+    ingress: tuple[FilterRule, ...]                  # both families
     egress: tuple[FilterRule, ...]
+    ips6: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -153,6 +159,7 @@ class DesiredState:
     routers: Mapping[str, RouterConfig] = field(default_factory=dict)
     filtered_ports: tuple[FilteredPort, ...] = ()
     ipsets: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    ipsets6: Mapping[str, frozenset[str]] = field(default_factory=dict)
     port_records: Mapping[str, PortRecord] = field(default_factory=dict)
     metadata_targets: Mapping[tuple[str, str], MetadataTarget] = field(default_factory=dict)
     networks_without_dhcp_port: tuple[str, ...] = ()
@@ -165,8 +172,8 @@ def _with_prefix(ip: str, subnet: Subnet | None) -> str:
     return f"{ip}/{subnet.prefixlen if subnet else 32}"
 
 
-def _ipv4(ip: str) -> bool:
-    return ipaddress.ip_network(ip, strict=False).version == 4
+def _ip_version(ip: str) -> int:
+    return ipaddress.ip_network(ip, strict=False).version
 
 
 def dhcp_subnets(topology: Topology, network_id: str) -> list[Subnet]:
@@ -315,11 +322,16 @@ def metadata_targets(topology: Topology) -> dict[tuple[str, str], MetadataTarget
 # --- security groups --------------------------------------------------------------------
 
 
+def group_ipset(group_id: str, ethertype: str) -> str:
+    return (naming.security_group_ipset_v6 if ethertype == "IPv6" else naming.security_group_ipset)(group_id)
+
+
 def _filter_rule(rule: SecurityGroupRule) -> FilterRule:
-    remote_set = naming.security_group_ipset(rule.remote_group_id) if rule.remote_group_id else None
+    remote_set = group_ipset(rule.remote_group_id, rule.ethertype) if rule.remote_group_id else None
     prefix = None if remote_set else rule.remote_ip_prefix
     return FilterRule(direction=rule.direction, protocol=rule.protocol, port_min=rule.port_range_min,
-                      port_max=rule.port_range_max, remote_prefix=prefix, remote_ipset=remote_set)
+                      port_max=rule.port_range_max, remote_prefix=prefix, remote_ipset=remote_set,
+                      ethertype=rule.ethertype)
 
 
 def _port_rules(topology: Topology, port: Port, direction: str) -> tuple[FilterRule, ...]:
@@ -327,7 +339,7 @@ def _port_rules(topology: Topology, port: Port, direction: str) -> tuple[FilterR
     for group_id in port.security_group_ids:
         group = topology.security_groups.get(group_id)
         for rule in group.rules if group else ():
-            if rule.direction == direction and rule.ethertype == "IPv4":
+            if rule.direction == direction and rule.ethertype in ("IPv4", "IPv6"):
                 converted = _filter_rule(rule)
                 if converted not in rules:
                     rules.append(converted)
@@ -336,13 +348,13 @@ def _port_rules(topology: Topology, port: Port, direction: str) -> tuple[FilterR
 
 def filtered_port(topology: Topology, port: Port) -> FilteredPort:
     dhcp_ips = tuple(ip for p in topology.dhcp_ports(port.network_id) for ip in p.ipv4_addresses)
-    pairs = tuple((pair.mac_address, pair.ip_address) for pair in port.allowed_address_pairs
-                  if _ipv4(pair.ip_address))
+    pairs = tuple((pair.mac_address, pair.ip_address) for pair in port.allowed_address_pairs)
     return FilteredPort(port_id=port.id, tap=naming.tap_device(port.id),
                         bridge=naming.network_bridge(port.network_id), mac=port.mac_address,
                         ips=port.ipv4_addresses, address_pairs=pairs, dhcp_servers=dhcp_ips,
                         ingress=_port_rules(topology, port, "ingress"),
-                        egress=_port_rules(topology, port, "egress"))
+                        egress=_port_rules(topology, port, "egress"),
+                        ips6=tuple(ip.ip_address for ip in port.fixed_ips if ip.version == 6))
 
 
 def is_filtered(topology: Topology, port: Port) -> bool:
@@ -351,23 +363,24 @@ def is_filtered(topology: Topology, port: Port) -> bool:
             and not port.is_network_service)
 
 
-def group_members(topology: Topology, group_id: str) -> frozenset[str]:
-    """IPv4 addresses (fixed and allowed pairs) of every port in the group, as ipset entries."""
+def group_members(topology: Topology, group_id: str, version: int = 4) -> frozenset[str]:
+    """Addresses of one family (fixed and allowed pairs) of every port in the group, as ipset entries."""
     members = set()
     for port in topology.ports.values():
         if group_id in port.security_group_ids:
-            members.update(port.ipv4_addresses)
-            members.update(p.ip_address for p in port.allowed_address_pairs if _ipv4(p.ip_address))
+            members.update(ip.ip_address for ip in port.fixed_ips if ip.version == version)
+            members.update(p.ip_address for p in port.allowed_address_pairs if _ip_version(p.ip_address) == version)
     return frozenset(members)
 
 
-def _ipsets(topology: Topology) -> dict[str, frozenset[str]]:
+def _ipsets(topology: Topology, ethertype: str) -> dict[str, frozenset[str]]:
     referenced = {rule.remote_group_id for port in topology.ports.values() if is_filtered(topology, port)
                   for group_id in port.security_group_ids
                   for rule in (topology.security_groups[group_id].rules
                                if group_id in topology.security_groups else ())
-                  if rule.remote_group_id and rule.ethertype == "IPv4"}
-    return {naming.security_group_ipset(g): group_members(topology, g) for g in sorted(referenced)}
+                  if rule.remote_group_id and rule.ethertype == ethertype}
+    version = 6 if ethertype == "IPv6" else 4
+    return {group_ipset(g, ethertype): group_members(topology, g, version) for g in sorted(referenced)}
 
 
 # --- the whole ---------------------------------------------------------------------------
@@ -404,5 +417,6 @@ def desired_state(topology: Topology, settings: Settings, zones: Mapping[str, in
                         bridge_networks={naming.network_bridge(n.id): n.id for n in networks},
                         zones={naming.network_bridge(n.id): zones[n.id] for n in networks if n.id in zones},
                         external_bridge=settings.external_bridge, dhcp=dhcp, routers=routers,
-                        filtered_ports=filtered, ipsets=_ipsets(topology), port_records=records,
+                        filtered_ports=filtered, ipsets=_ipsets(topology, "IPv4"),
+                        ipsets6=_ipsets(topology, "IPv6"), port_records=records,
                         metadata_targets=metadata_targets(topology), networks_without_dhcp_port=tuple(missing))

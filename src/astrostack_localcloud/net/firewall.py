@@ -1,16 +1,17 @@
 """Security groups as iptables chains and ipsets, the way Neutron's iptables firewall
-driver (linuxbridge flavour) writes them, rendered as ``iptables-restore`` and
-``ipset restore`` input (pure).
+driver (linuxbridge flavour) writes them, rendered as ``iptables-restore`` /
+``ip6tables-restore`` and ``ipset restore`` input (pure).
 
 Bridged traffic reaches the host's FORWARD chain through br_netfilter; the
 one jump ``FORWARD -j astro-FORWARD`` at the top hands every packet of the
 local cloud's bridges to these chains, which give it a final verdict, and
 everything else (Docker's own bridges) returns untouched. Chains are only
-ever replaced whole in one ``iptables-restore --noflush`` transaction.
+ever replaced whole in one ``--noflush`` restore transaction per family.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
 
 from astrostack_localcloud.net.desired import DesiredState, FilteredPort, FilterRule
@@ -21,16 +22,25 @@ SG_CHAIN = PREFIX + "sg-chain"
 FALLBACK_CHAIN = PREFIX + "sg-fallback"
 RAW_CHAIN = PREFIX + "PREROUTING"
 NAT_CHAIN = PREFIX + "POSTROUTING"
-IPSET_PREFIX = "astro-sg-"
+IPSET_PREFIXES = ("astro-sg-", "astro-s6-", "tastro-")    # v4, v6, a scratch set left by a failed restore
 
-# Jumps from the built-in chains into ours: (table, built-in chain, our chain).
-JUMPS = (("filter", "FORWARD", FORWARD_CHAIN), ("raw", "PREROUTING", RAW_CHAIN),
-         ("nat", "POSTROUTING", NAT_CHAIN))
+# Jumps from the built-in chains into ours: (table, built-in chain, our chain), per IP version.
+JUMPS = {4: (("filter", "FORWARD", FORWARD_CHAIN), ("raw", "PREROUTING", RAW_CHAIN),
+             ("nat", "POSTROUTING", NAT_CHAIN)),
+         6: (("filter", "FORWARD", FORWARD_CHAIN), ("raw", "PREROUTING", RAW_CHAIN))}
+TABLES = {4: ("raw", "nat", "filter"), 6: ("raw", "filter")}
 
-PROTOCOL_NAMES = {"1": "icmp", "6": "tcp", "17": "udp", "33": "dccp", "132": "sctp", "136": "udplite"}
+PROTOCOL_NAMES = {"1": "icmp", "6": "tcp", "17": "udp", "33": "dccp", "58": "ipv6-icmp", "132": "sctp",
+                  "136": "udplite", "icmpv6": "ipv6-icmp"}
 PORT_PROTOCOLS = frozenset({"tcp", "udp", "sctp", "udplite", "dccp"})
-DHCP_CLIENT = "-p udp -m udp --sport 68 --dport 67"
-DHCP_SERVER = "-p udp -m udp --sport 67 --dport 68"
+DHCP = {4: ("-p udp -m udp --sport 68 --dport 67", "-p udp -m udp --sport 67 --dport 68"),
+        6: ("-p udp -m udp --sport 546 --dport 547", "-p udp -m udp --sport 547 --dport 546")}
+# Neutron's ICMPv6: what may come from the unspecified address (MLD reports, neighbour solicitation
+# for duplicate address detection), what may enter a VM (MLD query, neighbour solicitation/advert),
+# and the router advertisement a VM may never send.
+ICMPV6_FROM_UNSPECIFIED = (131, 135, 143)
+ICMPV6_INGRESS = (130, 135, 136)
+ICMPV6_ROUTER_ADVERT = 134
 
 
 def port_chain(kind: str, port_id: str) -> str:
@@ -42,25 +52,45 @@ def is_ours(chain: str) -> bool:
     return chain.startswith(PREFIX)
 
 
+def _family(address: str) -> int:
+    return ipaddress.ip_network(address, strict=False).version
+
+
+def _cidr(address: str) -> str:
+    if "/" in address:
+        return address
+    return address + ("/128" if _family(address) == 6 else "/32")
+
+
+def link_local(mac: str) -> str:
+    """The IPv6 link-local address a NIC of this MAC gives itself (EUI-64)."""
+    octets = [int(part, 16) for part in mac.split(":")]
+    octets[0] ^= 0x02
+    eui = octets[:3] + [0xFF, 0xFE] + octets[3:]
+    return str(ipaddress.IPv6Address(bytes([0xFE, 0x80] + [0] * 6 + eui)))
+
+
 # --- one security-group rule -------------------------------------------------------------
 
 
-def protocol_name(protocol: str | None) -> str | None:
+def protocol_name(protocol: str | None, version: int = 4) -> str | None:
     if protocol in (None, "", "0", "any"):
         return None
-    return PROTOCOL_NAMES.get(protocol, protocol)
+    name = PROTOCOL_NAMES.get(protocol, protocol)
+    return "ipv6-icmp" if version == 6 and name == "icmp" else name
 
 
 def _protocol_args(rule: FilterRule) -> list[str]:
-    protocol = protocol_name(rule.protocol)
+    protocol = protocol_name(rule.protocol, rule.version)
     if protocol is None:
         return []
     args = ["-p", protocol]
     if rule.port_min is None:
         return args
-    if protocol == "icmp":
+    if protocol in ("icmp", "ipv6-icmp"):
+        match, option = ("icmp", "--icmp-type") if protocol == "icmp" else ("icmp6", "--icmpv6-type")
         code = f"/{rule.port_max}" if rule.port_max is not None else ""
-        return args + ["-m", "icmp", "--icmp-type", f"{rule.port_min}{code}"]
+        return args + ["-m", match, option, f"{rule.port_min}{code}"]
     if protocol not in PORT_PROTOCOLS:
         return args
     high = rule.port_max if rule.port_max is not None else rule.port_min
@@ -75,13 +105,15 @@ def _remote_args(rule: FilterRule) -> list[str]:
     prefix = rule.remote_prefix
     if not prefix or prefix.endswith("/0"):
         return []
-    if "/" not in prefix:
-        prefix += "/32"
-    return ["-s" if rule.direction == "ingress" else "-d", prefix]
+    return ["-s" if rule.direction == "ingress" else "-d", _cidr(prefix)]
 
 
 def rule_args(rule: FilterRule) -> str:
     return " ".join(_remote_args(rule) + _protocol_args(rule) + ["-j", "RETURN"])
+
+
+def _of_version(rules: Iterable[FilterRule], version: int) -> list[FilterRule]:
+    return [r for r in rules if r.version == version]
 
 
 # --- one port ----------------------------------------------------------------------------
@@ -97,28 +129,40 @@ def _group_rules(rules: Iterable[FilterRule]) -> list[str]:
     return lines + ["-m conntrack --ctstate INVALID -j DROP", f"-j {FALLBACK_CHAIN}"]
 
 
-def ingress_rules(port: FilteredPort) -> list[str]:
-    dhcp_replies = [f"-s {ip}/32 {DHCP_SERVER} -j RETURN" for ip in port.dhcp_servers]
-    lines = _group_rules(port.ingress)
-    return lines[:1] + dhcp_replies + lines[1:]
+def ingress_rules(port: FilteredPort, version: int = 4) -> list[str]:
+    if version == 4:
+        allowed = [f"-s {ip}/32 {DHCP[4][1]} -j RETURN" for ip in port.dhcp_servers]
+    else:
+        allowed = [f"-p ipv6-icmp -m icmp6 --icmpv6-type {kind} -j RETURN" for kind in ICMPV6_INGRESS]
+    lines = _group_rules(_of_version(port.ingress, version))
+    return lines[:1] + allowed + lines[1:]
 
 
-def egress_rules(port: FilteredPort) -> list[str]:
-    fixed = [f"-s 0.0.0.0/32 -d 255.255.255.255/32 {DHCP_CLIENT} -j RETURN",
-             f"-j {port_chain('s', port.port_id)}",
-             f"{DHCP_CLIENT} -j RETURN",
-             f"{DHCP_SERVER} -j DROP"]
-    return fixed + _group_rules(port.egress)
+def egress_rules(port: FilteredPort, version: int = 4) -> list[str]:
+    client, server = DHCP[version]
+    spoof = f"-j {port_chain('s', port.port_id)}"
+    if version == 4:
+        fixed = [f"-s 0.0.0.0/32 -d 255.255.255.255/32 {client} -j RETURN", spoof, f"{client} -j RETURN"]
+    else:
+        fixed = [f"-s ::/128 -d ff02::/16 -p ipv6-icmp -m icmp6 --icmpv6-type {kind} -j RETURN"
+                 for kind in ICMPV6_FROM_UNSPECIFIED]
+        fixed += [spoof, f"-p ipv6-icmp -m icmp6 --icmpv6-type {ICMPV6_ROUTER_ADVERT} -j DROP",
+                  "-p ipv6-icmp -j RETURN", f"{client} -j RETURN"]
+    return fixed + [f"{server} -j DROP"] + _group_rules(_of_version(port.egress, version))
 
 
-def spoof_rules(port: FilteredPort) -> list[str]:
+def spoof_rules(port: FilteredPort, version: int = 4) -> list[str]:
     """Only the port's own MAC with its own addresses (and allowed address pairs) leave it."""
-    pairs = [(mac, ip) for mac, ip in port.address_pairs] + [(port.mac, ip) for ip in port.ips]
+    own = port.ips if version == 4 else port.ips6 + (link_local(port.mac),)
+    pairs = [(mac, ip) for mac, ip in port.address_pairs if _family(ip) == version]
+    if version == 6:
+        pairs += [(mac, link_local(mac)) for mac, _ in pairs if mac != port.mac]
     lines = []
-    for mac, ip in pairs:
-        cidr = ip if "/" in ip else ip + "/32"
-        lines.append(f"-s {cidr} -m mac --mac-source {mac.upper()} -j RETURN")
-    if not port.ips:
+    for mac, ip in pairs + [(port.mac, ip) for ip in own]:
+        line = f"-s {_cidr(ip)} -m mac --mac-source {mac.upper()} -j RETURN"
+        if line not in lines:
+            lines.append(line)
+    if not own:
         lines.append(f"-m mac --mac-source {port.mac.upper()} -j RETURN")
     return lines + ["-j DROP"]
 
@@ -130,7 +174,7 @@ def _physdev(direction: str, tap: str) -> str:
 # --- the tables --------------------------------------------------------------------------
 
 
-def filter_chains(state: DesiredState) -> dict[str, list[str]]:
+def filter_chains(state: DesiredState, version: int = 4) -> dict[str, list[str]]:
     """Every chain of ours in the filter table, name -> rule arguments, in order."""
     ports = sorted(state.filtered_ports, key=lambda p: p.port_id)
     forward = [f"{_physdev(d, p.tap)} -j {SG_CHAIN}" for p in ports for d in ("out", "in")]
@@ -142,9 +186,9 @@ def filter_chains(state: DesiredState) -> dict[str, list[str]]:
     sg_chain += [f"{_physdev('in', p.tap)} -j {port_chain('o', p.port_id)}" for p in ports]
     chains = {FORWARD_CHAIN: forward, SG_CHAIN: sg_chain + ["-j ACCEPT"], FALLBACK_CHAIN: ["-j DROP"]}
     for port in ports:
-        chains[port_chain("i", port.port_id)] = ingress_rules(port)
-        chains[port_chain("o", port.port_id)] = egress_rules(port)
-        chains[port_chain("s", port.port_id)] = spoof_rules(port)
+        chains[port_chain("i", port.port_id)] = ingress_rules(port, version)
+        chains[port_chain("o", port.port_id)] = egress_rules(port, version)
+        chains[port_chain("s", port.port_id)] = spoof_rules(port, version)
     return chains
 
 
@@ -174,20 +218,20 @@ def _table(name: str, chains: dict[str, list[str]], stale: Iterable[str]) -> lis
     return lines + ["COMMIT"]
 
 
-def render_restore(state: DesiredState, existing: dict[str, set[str]] | None = None) -> str:
-    """iptables-restore --noflush input that replaces our chains and deletes our stale ones.
-
-    ``existing`` is table -> our chains present now (from :func:`chains_in_save`).
-    """
+def render_restore(state: DesiredState, existing: dict[str, set[str]] | None = None, version: int = 4) -> str:
+    """``iptables-restore --noflush`` (or ip6tables-) input that replaces our chains and deletes
+    our stale ones. ``existing`` is table -> our chains present now (from :func:`chains_in_save`)."""
     existing = existing or {}
-    lines = _table("raw", raw_chains(state), existing.get("raw", ()))
-    lines += _table("nat", nat_chains(state), existing.get("nat", ()))
-    lines += _table("filter", filter_chains(state), existing.get("filter", ()))
+    builders = {"raw": lambda: raw_chains(state), "nat": lambda: nat_chains(state),
+                "filter": lambda: filter_chains(state, version)}
+    lines: list[str] = []
+    for table in TABLES[version]:
+        lines += _table(table, builders[table](), existing.get(table, ()))
     return "\n".join(lines) + "\n"
 
 
 def render_removal(existing: dict[str, set[str]]) -> str:
-    """iptables-restore --noflush input that deletes every chain of ours (after the jumps are gone)."""
+    """Restore input that deletes every chain of ours (after the jumps are gone)."""
     lines: list[str] = []
     for table, chains in sorted(existing.items()):
         if chains:
@@ -215,13 +259,13 @@ def temporary_set(name: str) -> str:
     return "t" + name
 
 
-def render_ipsets(sets: dict[str, frozenset[str]]) -> str:
+def render_ipsets(sets: dict[str, frozenset[str]], family: str = "inet") -> str:
     """ipset restore input that fills each set through a swap (members never half-updated)."""
     lines = []
     for name, members in sorted(sets.items()):
         scratch = temporary_set(name)
-        lines += [f"create {name} hash:net family inet -exist",
-                  f"create {scratch} hash:net family inet -exist", f"flush {scratch}"]
+        lines += [f"create {name} hash:net family {family} -exist",
+                  f"create {scratch} hash:net family {family} -exist", f"flush {scratch}"]
         lines += [f"add {scratch} {member}" for member in sorted(members)]
         lines += [f"swap {scratch} {name}", f"destroy {scratch}"]
     return "\n".join(lines) + "\n" if lines else ""

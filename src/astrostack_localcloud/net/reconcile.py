@@ -225,21 +225,27 @@ class Reconciler:
     # --- security groups ----------------------------------------------------------------------
 
     def _apply_firewall(self, state: DesiredState, previous: DesiredState, deep: bool) -> None:
-        sets = {name: members for name, members in state.ipsets.items()
+        self._apply_ipsets(state.ipsets, "inet", deep)
+        self._apply_ipsets(state.ipsets6, "inet6", deep)
+        for version in (4, 6):
+            rendered = firewall.render_restore(state, version=version)
+            if not deep and self._applied.get(f"firewall{version}") == rendered:
+                continue
+            existing = firewall.chains_in_save(
+                dataplane.iptables_save(self.runner, firewall.TABLES[version], version=version))
+            dataplane.iptables_restore(self.runner, firewall.render_restore(state, existing, version),
+                                       what=f"security-group chains (IPv{version})", noflush=True, version=version)
+            for table, builtin, chain in firewall.JUMPS[version]:
+                dataplane.ensure_jump(self.runner, table, builtin, chain, version)
+            self._applied[f"firewall{version}"] = rendered
+        self._forget_connections_of_gone_ports(state, previous)
+
+    def _apply_ipsets(self, wanted: dict, family: str, deep: bool) -> None:
+        sets = {name: members for name, members in wanted.items()
                 if deep or self._applied.get(f"ipset:{name}") != members}
         if sets:
-            dataplane.ipset_restore(self.runner, firewall.render_ipsets(sets))
+            dataplane.ipset_restore(self.runner, firewall.render_ipsets(sets, family))
             self._applied.update({f"ipset:{name}": members for name, members in sets.items()})
-        rendered = firewall.render_restore(state)
-        if not deep and self._applied.get("firewall") == rendered:
-            return
-        existing = firewall.chains_in_save(dataplane.iptables_save(self.runner, ("raw", "nat", "filter")))
-        dataplane.iptables_restore(self.runner, firewall.render_restore(state, existing),
-                                   what="security-group chains", noflush=True)
-        for table, builtin, chain in firewall.JUMPS:
-            dataplane.ensure_jump(self.runner, table, builtin, chain)
-        self._applied["firewall"] = rendered
-        self._forget_connections_of_gone_ports(state, previous)
 
     def _forget_connections_of_gone_ports(self, state: DesiredState, previous: DesiredState) -> None:
         now = {p.port_id for p in state.filtered_ports}
@@ -354,7 +360,8 @@ class Reconciler:
         wanted = {c.namespace for c in state.routers.values()} | {s.namespace for s in state.dhcp.values()}
         for namespace in sorted(self.registry.namespaces - wanted):
             self._step(outcome, f"remove {namespace}", self._remove_namespace, namespace, outcome)
-        for name in sorted(dataplane.ipset_names(self.runner, firewall.IPSET_PREFIX) - set(state.ipsets)):
+        wanted_sets = set(state.ipsets) | set(state.ipsets6)
+        for name in sorted(dataplane.ipset_names(self.runner, firewall.IPSET_PREFIXES) - wanted_sets):
             if "firewall" not in outcome.failures:
                 dataplane.ipset_destroy(self.runner, name)
                 self._applied.pop(f"ipset:{name}", None)
@@ -395,6 +402,17 @@ class Reconciler:
                 stop_pid_file(directory / "pid")
                 shutil.rmtree(directory, ignore_errors=True)
 
+    def _remove_our_chains(self, version: int, outcome: Outcome) -> None:
+        for table, builtin, chain in firewall.JUMPS[version]:
+            self._step(outcome, f"jump to {chain} (IPv{version})", dataplane.remove_jump, self.runner, table,
+                       builtin, chain, version)
+        existing = self._step(outcome, f"our chains (IPv{version})", lambda: firewall.chains_in_save(
+            dataplane.iptables_save(self.runner, firewall.TABLES[version], version=version))) or {}
+        removal = firewall.render_removal(existing)
+        if removal:
+            self._step(outcome, f"our chains (IPv{version})", dataplane.iptables_restore, self.runner, removal,
+                       f"delete our chains (IPv{version})", dataplane.HOST, True, version)
+
     # --- everything, for astrostack-localnet --cleanup-all ----------------------------------
 
     def cleanup_all(self, sweep: bool) -> Outcome:
@@ -409,14 +427,8 @@ class Reconciler:
             for link in present.values():
                 if link.kind == "bridge" and link.name.startswith(BRIDGE_PREFIX):
                     self.registry.add("bridges", link.name)
-        for table, builtin, chain in firewall.JUMPS:
-            self._step(outcome, f"jump to {chain}", dataplane.remove_jump, self.runner, table, builtin, chain)
-        existing = self._step(outcome, "our chains", lambda: firewall.chains_in_save(
-            dataplane.iptables_save(self.runner, ("raw", "nat", "filter")))) or {}
-        removal = firewall.render_removal(existing)
-        if removal:
-            self._step(outcome, "our chains", dataplane.iptables_restore, self.runner, removal,
-                       "delete security-group chains", dataplane.HOST, True)
+        for version in (4, 6):
+            self._remove_our_chains(version, outcome)
         self._applied.clear()
         empty = DesiredState(external_bridge=self.config.external_bridge)
         self._remove_stale(empty, outcome)
