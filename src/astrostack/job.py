@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from astrostack import state
 from astrostack.cluster import swarm
 from astrostack.cluster.access import ManagerAccess, cluster_access
-from astrostack.errors import InvalidInput, JobFailed
+from astrostack.errors import InvalidInput, JobFailed, quote
 from astrostack.spec import ClusterSpec, describe_validation_error, spec_from_dict
 
 # The parameters the seed paper used (Table 1).
@@ -84,14 +84,15 @@ JobSpec = Union[MpiJob, SagecalJob]
 
 
 def job_from_dict(data: dict[str, Any], source: str = "job") -> JobSpec:
+    """Validate a job, with strict types as a spec's (no numbers as text, no booleans as numbers)."""
     if not isinstance(data, dict):
         raise InvalidInput(f"{source}: a job is a mapping with a `profile`")
     profile = data.get("profile", "mpi")
-    model = {"mpi": MpiJob, "sagecal-mpi": SagecalJob}.get(profile)
+    model = {"mpi": MpiJob, "sagecal-mpi": SagecalJob}.get(profile) if isinstance(profile, str) else None
     if model is None:
-        raise InvalidInput(f"{source}: profile: {profile!r} is not one of mpi, sagecal-mpi")
+        raise InvalidInput(f"{source}: profile: {quote(profile)} is not one of mpi, sagecal-mpi")
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, strict=True)
     except ValidationError as exc:
         raise InvalidInput(f"{source}: {describe_validation_error(exc)}") from None
 

@@ -450,7 +450,7 @@ def wait_for(path: Path, seconds: float = 30) -> None:
 def test_two_overlapping_bench_runs_do_not_both_run(tmp_path, home):
     matrix = tmp_path / "matrix.yaml"
     matrix.write_text(yaml.safe_dump({
-        "name": "locked", "spec": str(EXAMPLES / "local.yaml"), "job": {"profile": "mpi"},
+        "name": "locked", "spec": str(EXAMPLES / "local.yaml"), "job": {"profile": "mpi", "command": ["true"]},
         "points": [{"hosts": 3, "nodes": 12}]}))
     database = tmp_path / "bench.sqlite"
     environment = {**os.environ, "ASTROSTACK_HOME": str(home)}
@@ -533,7 +533,7 @@ def test_the_example_matrices_load_with_the_papers_points():
     assert [(p.hosts, p.nodes) for p in local.points] == [(3, 12), (3, 24)] and local.repeats == 2
     assert local.point_spec(local.points[1]).cloud == "local"
     assert [(p.hosts, p.nodes) for p in table1.points] == [(4, 32), (8, 64), (12, 96), (12, 500), (12, 1000)]
-    assert table1.job["args"][:2] == ["-A", "20"] and table1.job["sky_model"] == "3c196.sky.txt"
+    assert table1.job["params"][:2] == ["-A", "20"] and table1.job["sky_model"] == "3c196.sky.txt"
     assert table1.point_spec(table1.points[-1]).nodes == 1000
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from astrostack import paths
-from astrostack.errors import InvalidInput
+from astrostack.errors import InvalidInput, show_path
 
 SCHEMA_VERSION = 1
 
@@ -89,19 +89,30 @@ JSON_COLUMNS = ("flavors", "image_digests", "phases")
 POINT_COLUMNS = tuple(field.name for field in fields(PointRow))
 
 
-def default_db_path() -> Path:
-    return paths.subdir("bench") / "bench.sqlite"
+def default_db_path(create: bool = True) -> Path:
+    """<ASTROSTACK_HOME>/bench/bench.sqlite; with create=False nothing is made on the way."""
+    folder = paths.subdir("bench") if create else paths.home_path() / "bench"
+    return folder / "bench.sqlite"
 
 
 @contextlib.contextmanager
-def open_db(path: str | Path) -> Iterator[sqlite3.Connection]:
-    """A connection with the schema in place; committed and closed on exit."""
+def open_db(path: str | Path, *, create: bool = True) -> Iterator[sqlite3.Connection]:
+    """A connection with the schema in place; committed and closed on exit.
+
+    With create=False (reading: `bench report`) a missing database is one line of
+    :class:`InvalidInput`, never a new empty file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    shown = show_path(path)
+    if not create and not path.exists():
+        raise InvalidInput(f"{shown}: no such bench database", hint="`astrostack bench run MATRIX --db "
+                           f"{shown}` records one; see --db")
+    if path.is_dir():
+        raise InvalidInput(f"{shown}: is a directory, not a bench database")
     try:
-        conn = sqlite3.connect(path)
-    except sqlite3.Error as exc:
-        raise InvalidInput(f"{path}: cannot open the bench database ({exc})") from None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path if create else f"file:{quote_uri(path)}?mode=rw", uri=not create)
+    except (sqlite3.Error, OSError) as exc:
+        raise InvalidInput(f"{shown}: cannot open the bench database ({exc})") from None
     conn.row_factory = sqlite3.Row
     try:
         _ensure_schema(conn, path)
@@ -111,17 +122,24 @@ def open_db(path: str | Path) -> Iterator[sqlite3.Connection]:
         conn.close()
 
 
+def quote_uri(path: Path) -> str:
+    from urllib.parse import quote
+
+    return quote(str(path.absolute()))
+
+
 def _ensure_schema(conn: sqlite3.Connection, path: Path) -> None:
     try:
         conn.executescript(SCHEMA)
     except sqlite3.DatabaseError as exc:
-        raise InvalidInput(f"{path}: not a bench database ({exc})") from None
+        raise InvalidInput(f"{show_path(path)}: not a bench database ({exc})") from None
     versions = [row[0] for row in conn.execute("SELECT version FROM schema_version")]
     if not versions:
         conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
         conn.commit()
     elif versions != [SCHEMA_VERSION]:
-        raise InvalidInput(f"{path}: bench database schema {versions} is not {SCHEMA_VERSION}; use another --db")
+        raise InvalidInput(f"{show_path(path)}: bench database schema {versions} is not {SCHEMA_VERSION}; "
+                           "use another --db")
 
 
 # Writing ------------------------------------------------------------------------

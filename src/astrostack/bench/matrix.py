@@ -1,10 +1,12 @@
 """The bench matrix: one YAML file -> a validated :class:`BenchMatrix`.
 
 A matrix names a base cluster spec (a path, relative to the matrix file, or an
-inline mapping), optional overrides merged into it, a job (a mapping passed
-through unchanged to the job runner), the (hosts, nodes) points to measure and
-how often to repeat each. Every point's cluster spec is validated when the
-matrix is loaded, so a bad point fails before anything is deployed.
+inline mapping), optional overrides merged into it, a job (a mapping passed to
+the job runner), the (hosts, nodes) points to measure and how often to repeat
+each. The whole matrix is validated when it is loaded (``bench run``, ``bench
+schedule``, ``validate``): the job against the job schema (astrostack.job) and
+against every point (no more ranks than the point has), and every point's
+cluster spec, so a bad matrix fails before anything is deployed or scheduled.
 
 Each point deploys a cluster named ``<matrix name>-<hosts>x<nodes>``.
 """
@@ -15,11 +17,11 @@ import re
 from pathlib import Path
 from typing import Any, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
-from astrostack.errors import InvalidInput
+from astrostack.errors import InvalidInput, quote, show_path
 from astrostack.spec import ClusterSpec, describe_validation_error, spec_from_dict
-from astrostack.yamlio import read_yaml
+from astrostack.yamlio import STDIN, read_yaml
 
 # 20 chars leaves room for "-<hosts>x<nodes>" inside a 32-char cluster name.
 MATRIX_NAME = re.compile(r"^[a-z]([a-z0-9-]{0,18}[a-z0-9])?$")
@@ -30,8 +32,8 @@ class Point(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    hosts: int = Field(ge=1, le=1000, strict=True, description="VMs that run containers, manager included.")
-    nodes: int = Field(ge=1, le=100000, strict=True, description="MPI ranks (containers), master included.")
+    hosts: StrictInt = Field(ge=1, le=1000, description="VMs that run containers, manager included.")
+    nodes: StrictInt = Field(ge=1, le=100000, description="MPI ranks (containers), master included.")
 
     @property
     def label(self) -> str:
@@ -46,15 +48,15 @@ class BenchMatrix(BaseModel):
     name: str = Field(description="Matrix name: 1-20 chars of a-z, 0-9, '-'; names the clusters and the schedule.")
     spec: Union[str, dict[str, Any]] = Field(description="Base cluster spec: a path (relative to the matrix) or inline.")
     spec_overrides: dict[str, Any] = Field(default_factory=dict, description="Merged into the base spec, deeply.")
-    job: dict[str, Any] = Field(description="The job, passed as it is to the job runner.")
+    job: dict[str, Any] = Field(description="The job (see `astrostack run`), validated with the matrix.")
     points: list[Point] = Field(min_length=1, description="The (hosts, nodes) to measure.")
-    repeats: int = Field(default=1, ge=1, le=100, strict=True, description="Deployments per point.")
+    repeats: StrictInt = Field(default=1, ge=1, le=100, description="Deployments per point.")
 
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
         if not MATRIX_NAME.fullmatch(value):
-            raise ValueError(f"{value!r} must be 1-20 chars of a-z, 0-9 and '-', starting with a letter")
+            raise ValueError(f"{quote(value)} must be 1-20 chars of a-z, 0-9 and '-', starting with a letter")
         return value
 
     @field_validator("job")
@@ -74,7 +76,7 @@ class BenchMatrix(BaseModel):
 
     def base_spec(self) -> dict[str, Any]:
         if not isinstance(self.spec, dict):
-            raise InvalidInput(f"matrix {self.name}: spec {self.spec!r} was not resolved (use load_matrix)")
+            raise InvalidInput(f"matrix {self.name}: spec {quote(self.spec)} was not resolved (use load_matrix)")
         return merged(self.spec, self.spec_overrides)
 
     def cluster_name(self, point: Point) -> str:
@@ -100,9 +102,11 @@ def merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_matrix(path: str | Path) -> BenchMatrix:
-    """Read, resolve and validate a matrix file; raise :class:`InvalidInput` with one line."""
+    """Read, resolve and validate a matrix file (``-``: standard input); :class:`InvalidInput` with one line."""
+    if str(path) == STDIN:
+        return matrix_from_dict(read_yaml(STDIN, "matrix"), source="<stdin>", base_dir=Path("."))
     path = Path(path)
-    return matrix_from_dict(read_yaml(path, "matrix"), source=str(path), base_dir=path.parent)
+    return matrix_from_dict(read_yaml(path, "matrix"), source=show_path(path), base_dir=path.parent)
 
 
 def matrix_from_dict(data: Any, *, source: str = "<matrix>", base_dir: Path = Path(".")) -> BenchMatrix:
@@ -117,10 +121,27 @@ def matrix_from_dict(data: Any, *, source: str = "<matrix>", base_dir: Path = Pa
         spec_path = base_dir / matrix.spec
         spec_data = read_yaml(spec_path, "spec")
         if not isinstance(spec_data, dict):
-            raise InvalidInput(f"{source}: spec: {spec_path} is not a YAML mapping")
+            raise InvalidInput(f"{source}: spec: {show_path(spec_path)} is not a YAML mapping")
         matrix = matrix.model_copy(update={"spec": spec_data})
+    job = check_job(matrix, source)
     for point in matrix.points:
-        matrix.point_spec(point)
+        check_job_fits(job, matrix.point_spec(point), point, source)
     return matrix
+
+
+def check_job(matrix: BenchMatrix, source: str) -> Any:
+    """The matrix's job, validated by the job runner's own schema."""
+    from astrostack.job import job_from_dict
+
+    return job_from_dict(dict(matrix.job), source=f"{source}: job")
+
+
+def check_job_fits(job: Any, spec: ClusterSpec, point: Point, source: str) -> None:
+    """A job that asks for more ranks than a point has would fail every deployment of it."""
+    ranks = spec.nodes * spec.application.slots_per_node
+    wanted = getattr(job, "np", None) or ((job.workers + 1) if getattr(job, "workers", None) else None)
+    if wanted is not None and wanted > ranks:
+        asked = f"np {job.np}" if getattr(job, "np", None) else f"workers {job.workers} (+ 1 master)"
+        raise InvalidInput(f"{source}: job: {asked} is more ranks than point {point.label} has ({ranks})")
 
 

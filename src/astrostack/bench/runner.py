@@ -70,7 +70,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
 from astrostack import paths
 from astrostack.bench import db
 from astrostack.bench.matrix import BenchMatrix, Point
-from astrostack.errors import AstrostackError, InvalidInput
+from astrostack.errors import EXIT_BUSY, AstrostackError, BenchBusy, BenchFailed, InvalidInput
 from astrostack.locks import pid_lock
 
 if TYPE_CHECKING:
@@ -78,18 +78,8 @@ if TYPE_CHECKING:
     from astrostack.spec import ClusterSpec
     from astrostack.state import ClusterRecord
 
-EXIT_BUSY = 5
 PointSink = Callable[[db.PointRow], None]
-
-
-class BenchBusy(AstrostackError):
-    """Another bench run holds the bench lock: exit 5, nothing recorded."""
-
-    exit_code = EXIT_BUSY
-
-
-class BenchFailed(AstrostackError):
-    """The run finished, and at least one point failed."""
+__all__ = ["EXIT_BUSY", "BenchBusy", "BenchFailed", "LiveCluster", "run_bench", "run_matrix"]
 
 
 # The collaborator ---------------------------------------------------------------

@@ -9,9 +9,9 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from astrostack.bench import db, report, runner, schedule
-from astrostack.bench.matrix import load_matrix
+from astrostack.bench import db
 from astrostack.cli.common import console, err_console, print_json
+from astrostack.errors import BenchFailed
 
 app = typer.Typer(help="Benchmarks like the paper's Table 1: deploy, run, destroy a matrix of cluster sizes.",
                   no_args_is_help=True)
@@ -34,6 +34,9 @@ def run(
 ) -> None:
     """Deploy, run the job and destroy at every point and repeat; record the timings.
     Exit 5 if another bench run is going (nothing is recorded), 1 if a point failed."""
+    from astrostack.bench import runner
+    from astrostack.bench.matrix import load_matrix
+
     loaded = load_matrix(matrix)
     note = err_console if as_json else console
     cluster = runner.LiveCluster(_runtime(note))
@@ -45,7 +48,7 @@ def run(
         console.print(f"run {summary.run_id} ({summary.matrix}): {summary.status}, {len(summary.rows)} point(s), "
                       f"{summary.wall_s:.1f} s, tool overhead {summary.overhead_pct:.2f} %", highlight=False)
     if summary.status != "ok":
-        raise runner.BenchFailed(summary.error or "the run failed", hint="see `astrostack bench report`")
+        raise BenchFailed(summary.error or "the run failed", hint="see `astrostack bench report`")
 
 
 def _runtime(note_console):
@@ -55,7 +58,7 @@ def _runtime(note_console):
 
 
 def _point_printer(as_json: bool):
-    def show(row: db.PointRow) -> None:
+    def show(row) -> None:  # a db.PointRow
         if as_json:
             print_json({"event": "point", "hosts": row.hosts, "nodes": row.nodes, "repeat": row.repeat,
                         "status": row.status, "deploy_s": row.deploy_s, "create_s": row.create_s,
@@ -82,7 +85,9 @@ def report_cmd(
     matrix: Optional[str] = typer.Option(None, "--matrix", help="Only runs of this matrix name."),
 ) -> None:
     """Table 1's columns per (servers, nodes): median [min-max] over the repeats."""
-    with db.open_db(db_path or db.default_db_path()) as conn:
+    from astrostack.bench import report
+
+    with db.open_db(db_path or db.default_db_path(create=False), create=False) as conn:
         rows = db.point_rows(conn, run_id=run_id, matrix=matrix)
     summaries = report.summarize(rows)
     if output is Format.json:
@@ -109,9 +114,13 @@ def schedule_cmd(
         None, "--path", help="cron: the file to write (default /etc/cron.d/astrostack-NAME); "
                              "systemd: the unit folder (default /etc/systemd/system)."),
 ) -> None:
-    """Run `astrostack bench run MATRIX` on a schedule; overlapping runs never both run."""
+    """Run `astrostack bench run MATRIX` on a schedule; overlapping runs never both run.
+    The matrix is validated whole (job and every point) before anything is installed."""
+    from astrostack.bench import schedule
+    from astrostack.bench.matrix import load_matrix
+
     name = load_matrix(matrix).name
-    database = db_path or db.default_db_path()
+    database = db_path or db.default_db_path(create=not dry_run)
     if systemd:
         files = schedule.install_systemd(cron, matrix, database, name, unit_dir=target, dry_run=dry_run)
     else:
