@@ -80,8 +80,22 @@ class Lab:
         self.settings = Settings(local_dir=workdir / "local", port_wired_timeout_s=10)
         self.hypervisor = Hypervisor(self.settings)
         self.events: list = []
-        self.follower = EventFollower(self.hypervisor.docker, self.events.append, window_s=1.0)
+        self.follower = EventFollower(self.hypervisor.docker, self._on_event, window_s=1.0)
         self.vms: dict[str, VM] = {}
+
+    def _on_event(self, event) -> None:
+        self.events.append(event)
+        self.hypervisor.on_container_event(event)      # what the Nova driver does first
+
+    def restart_hypervisor(self) -> None:
+        """What a restart of nova-compute does to the hypervisor: a new one, from the state files."""
+        self.hypervisor.close()
+        self.hypervisor = Hypervisor(self.settings)
+        self.hypervisor.resume()
+
+    def wait_address(self, vm: VM) -> None:
+        wait_until(f"{vm.spec.hostname} has {vm.ip} on eth0",
+                   lambda: f"inet {vm.ip}/" in self.run(vm, "ip -4 -o addr show dev eth0", check=False)[1])
 
     def define(self, hostname: str, host_number: int) -> VM:
         port_id = "t2" + uuid.uuid4().hex[:6] + "-" + str(uuid.uuid4())[9:]
@@ -334,6 +348,57 @@ def test_an_fstab_entry_of_the_products_form_mounts(lab, exported):
 
     lab.run(client, f"mkdir -p /mnt/fstab && echo '{exported.ip}:/export/share /mnt/fstab nfs4 "
                     "defaults,_netdev,hard,timeo=600 0 0' >> /etc/fstab && mount /mnt/fstab && test -s /mnt/fstab/s")
+
+
+# --- restarts -------------------------------------------------------------------------------------
+
+
+def test_a_restarted_hypervisor_finds_its_vms_and_serves_their_channels(lab, exported):
+    client = lab.vms["t2-client"]
+
+    lab.restart_hypervisor()
+
+    assert {vm.spec.uuid for vm in lab.vms.values()} <= set(lab.hypervisor.instance_uuids())
+    lab.run(client, f"mkdir -p /mnt/again && mount -t nfs4 {exported.ip}:/export/share /mnt/again && "
+                    "test -s /mnt/again/s")
+
+
+def test_power_off_and_on_plugs_the_vif_again_and_dhcp_answers(lab):
+    client = lab.vms["t2-client"]
+
+    lab.hypervisor.power_off(client.spec.uuid)
+    off = lab.hypervisor.container_state(client.spec.uuid)
+    lab.hypervisor.power_on(client.spec.uuid)
+    lab.wait_address(client)
+
+    assert off.status == "exited"
+    assert lab.run(client, "cat /sys/class/net/eth0/mtu")[1].strip() == str(MTU)
+
+
+def test_the_nfs_server_reboots_with_its_volume_mounted_from_fstab_and_serves_again(lab, exported):
+    server, client = exported, lab.vms["t2-client"]
+
+    lab.hypervisor.reboot(server.spec.uuid)
+    lab.wait_address(server)
+    wait_until("nfs-server active after the reboot",
+               lambda: lab.run(server, "systemctl is-active nfs-server", check=False)[1].strip() == "active")
+    _, mounted = lab.run(server, "findmnt -n -o SOURCE /export")
+
+    assert mounted.strip() == "/dev/vdb"
+    lab.run(client, f"mkdir -p /mnt/after && mount -t nfs4 {exported.ip}:/export/share /mnt/after && "
+                    "test -s /mnt/after/c")
+
+
+def test_a_reboot_inside_the_vm_boots_it_again(lab):
+    client = lab.vms["t2-client"]
+    before = lab.hypervisor.container_state(client.spec.uuid).pid
+
+    lab.run(client, "(sleep 1; systemctl reboot) >/dev/null 2>&1 &")
+    wait_until("the client running again with a new PID 1",
+               lambda: (s := lab.hypervisor.container_state(client.spec.uuid)) and s.running and s.pid != before)
+    lab.wait_address(client)
+
+    assert any(e.instance_uuid == client.spec.uuid and e.action == "die" and e.exit_code == 129 for e in lab.events)
 
 
 # --- power --------------------------------------------------------------------------------------
