@@ -34,7 +34,7 @@ from astrostack_localcloud.net.agent import main as agent_main
 from astrostack_localcloud.net.config import AgentConfig
 from astrostack_localcloud.net.dataplane import Runner
 from astrostack_localcloud.net.metadata import MetadataProxy, Upstream
-from astrostack_localcloud.net.neutron_state import topology_from_payload
+from astrostack_localcloud.net.neutron_state import parse_port, topology_from_payload
 from astrostack_localcloud.net.reconcile import Reconciler
 
 pytestmark = pytest.mark.functional
@@ -100,7 +100,7 @@ class World:
         self.router_a = self.router("172.24.4.20", self.net_a, self.subnet_a)
         self.router_b = self.router("172.24.4.21", self.net_b, self.subnet_b)
         self.port(self.net_a, self.subnet_a, "10.93.0.2", owner="network:dhcp")
-        self.port(self.net_b, self.subnet_b, "10.93.0.2", owner="network:dhcp")
+        # network B's DHCP port is the agent's to create (FakeNeutronPorts)
 
     def network(self, name, cidr, gateway, external=False):
         net, sub = new_id(), new_id()
@@ -154,6 +154,19 @@ class World:
 
     def topology(self):
         return topology_from_payload(json.loads(json.dumps(self.payload)))
+
+
+class FakeNeutronPorts:
+    """The agent's DHCP port source: a POST /ports into the hand-made Neutron."""
+
+    def __init__(self, world: World):
+        self.world = world
+        self.created: list[str] = []
+
+    def create(self, network_id, subnet_ids, device_id, project_id):
+        body = self.world.port(network_id, subnet_ids[0], "10.93.0.3", owner="network:dhcp", device=device_id)
+        self.created.append(network_id)
+        return parse_port(body)
 
 
 # --- the test host, its services, its VMs -------------------------------------------------
@@ -327,7 +340,7 @@ def agent(host, world, tmp_path_factory):
     config = AgentConfig(external_bridge=EXTERNAL_BRIDGE, state_dir=state_dir, host="t3-test-host",
                          host_namespace=host, nova_metadata_host=GATEWAY, nova_metadata_port=METADATA_PORT,
                          metadata_secret=SECRET)
-    reconciler = Reconciler(config, Runner(host))
+    reconciler = Reconciler(config, Runner(host), dhcp_ports=FakeNeutronPorts(world))
     reconciler.proxy = MetadataProxy(reconciler.lookup, Upstream(GATEWAY, METADATA_PORT, SECRET, namespace=host))
     nova = FakeNovaMetadata(host)
     echo = EchoServer(host, GATEWAY, ECHO_PORT)
@@ -351,6 +364,7 @@ def vms(agent, world, tmp_path_factory):
     started = time.monotonic()
     outcome = agent.reconcile(world.topology())
     assert outcome.failures == {}
+    assert agent.dhcp_ports.created == [world.net_b]          # B had no DHCP port: the agent made one
     ports_dir = agent.config.ports_dir
     assert sorted(p.name for p in ports_dir.iterdir()) == sorted(p["id"] for p in (vm1, vm2, vm3, vm4))
     print(f"first reconcile (2 networks, 2 routers, 4 VM ports) in {time.monotonic() - started:.2f} s")

@@ -283,6 +283,63 @@ def _peer_seen_by(vm: Vm, address: str) -> bool:
     return peer[0] == GATEWAY
 
 
+SERVER_USER_DATA = """#cloud-config
+final_message: "t3-localnet: cloud-init done after $UPTIME s"
+"""
+
+
+def _container_driver() -> bool:
+    conf = agent_config.local_dir() / "etc" / "nova" / "nova-compute.conf"
+    return conf.exists() and "astrostack_localcloud.nova.driver.ContainerDriver" in conf.read_text()
+
+
+def test_a_real_server_boots_with_cloud_init_from_metadata_and_answers_ssh_on_its_floating_ip(deployment):
+    """A Nova server (a container-VM of the Nova driver): DHCP, Nova's metadata through the proxy
+    (cloud-init's OpenStack datasource), user data, sshd behind the floating IP."""
+    if not _container_driver():
+        pytest.skip("nova-compute runs no container-VMs (compute_driver is not the ContainerDriver)")
+    import base64
+
+    conn, fip = deployment["conn"], deployment["fip"]
+    image = next((i for i in conn.image.images() if i.container_format == "docker"), None)
+    flavor = conn.compute.find_flavor("m1.tiny")
+    if image is None or flavor is None:
+        pytest.skip("no VM image (container_format docker) or flavor m1.tiny in Glance/Nova")
+    members, ssh = deployment["groups"][:2]
+    port = conn.network.create_port(network_id=deployment["net"].id, name="t3-os-server",
+                                    security_group_ids=[members.id, ssh.id])
+    started = time.monotonic()
+    server = conn.compute.create_server(name="t3-os-server", image_id=image.id, flavor_id=flavor.id,
+                                        networks=[{"port": port.id}],
+                                        user_data=base64.b64encode(SERVER_USER_DATA.encode()).decode())
+    try:
+        conn.compute.wait_for_server(server, status="ACTIVE", failures=["ERROR"], interval=2, wait=TIMEOUT)
+        deployment["figures"]["server create -> ACTIVE s"] = time.monotonic() - started
+        console = {"text": ""}
+
+        def finished() -> bool:
+            console["text"] = conn.compute.get_server_console_output(server)["output"]
+            return "t3-localnet: cloud-init done" in console["text"]
+
+        wait_for(finished, TIMEOUT, "cloud-init's final message on the console", interval=2)
+        deployment["figures"]["server create -> cloud-init done s"] = time.monotonic() - started
+        assert "Datasource DataSourceOpenStackLocal" in console["text"]      # metadata through the proxy
+        conn.network.update_ip(fip, port_id=port.id)
+
+        def banner() -> bool:
+            try:
+                with socket.create_connection((fip.floating_ip_address, 22), timeout=2) as sock:
+                    return sock.recv(64).startswith(b"SSH-2.0-")
+            except OSError:
+                return False
+
+        wait_for(banner, 60, "sshd of the server on its floating IP", interval=0.5)
+    finally:
+        conn.compute.delete_server(server, ignore_missing=True)
+        conn.compute.wait_for_delete(server, interval=2, wait=TIMEOUT)
+        conn.network.delete_port(port, ignore_missing=True)
+
+
 def test_a_deleted_port_loses_its_record_and_chains(deployment, cloud):
     conn, _, config = cloud
     vm3 = deployment["vms"]["vm3"]

@@ -74,12 +74,14 @@ class Neutron:
             self._connection = None     # a new session (and token) next time
             raise
 
-    def create(self, network_id: str, subnet_ids: list[str], device_id: str) -> Port:
-        """The network's DHCP port, as Neutron's DHCP agent would create it."""
+    def create(self, network_id: str, subnet_ids: list[str], device_id: str, project_id: str) -> Port:
+        """The network's DHCP port, as Neutron's DHCP agent would create it (in the network's project)."""
         from openstack import exceptions
 
         body = {"port": {"network_id": network_id, "device_owner": DHCP_OWNER, "device_id": device_id,
                          "name": "", "fixed_ips": [{"subnet_id": s} for s in subnet_ids]}}
+        if project_id:
+            body["port"]["project_id"] = project_id
         try:
             response = self._network().post("/ports", json=body)
             exceptions.raise_from_response(response)

@@ -53,24 +53,20 @@ class Runner:
 
     def run(self, argv: Sequence[str], what: str, namespace=HOST, stdin: str | None = None,
             check: bool = True) -> subprocess.CompletedProcess:
+        """A command inside the namespace (``ip netns exec``)."""
         target = self._resolve(namespace)
-        full = (["ip", "netns", "exec", target] if target else []) + list(argv)
-        try:
-            done = subprocess.run(full, input=stdin, capture_output=True, text=True, timeout=self.timeout)
-        except subprocess.TimeoutExpired as exc:
-            raise DataplaneError(f"{what}: {argv[0]} timed out after {self.timeout:.0f} s") from exc
-        if check and done.returncode != 0:
-            detail = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
-            raise DataplaneError(f"{what}: {detail}")
-        return done
+        return self._execute((["ip", "netns", "exec", target] if target else []) + list(argv), what, stdin, check)
 
     def ip(self, *args: str, what: str, namespace=HOST, check: bool = True) -> subprocess.CompletedProcess:
+        """``ip -n NAMESPACE ...`` (no exec needed)."""
         target = self._resolve(namespace)
-        argv = ["ip"] + (["-n", target] if target else []) + list(args)
+        return self._execute(["ip"] + (["-n", target] if target else []) + list(args), what, None, check)
+
+    def _execute(self, argv: list[str], what: str, stdin: str | None, check: bool) -> subprocess.CompletedProcess:
         try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout)
+            done = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=self.timeout)
         except subprocess.TimeoutExpired as exc:
-            raise DataplaneError(f"{what}: ip timed out after {self.timeout:.0f} s") from exc
+            raise DataplaneError(f"{what}: {argv[0]} timed out after {self.timeout:.0f} s") from exc
         if check and done.returncode != 0:
             detail = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
             raise DataplaneError(f"{what}: {detail}")

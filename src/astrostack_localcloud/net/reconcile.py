@@ -43,8 +43,8 @@ STEP_ERRORS = (DataplaneError, DhcpError, NeutronError, OSError)
 
 
 class DhcpPortSource(Protocol):
-    def create(self, network_id: str, subnet_ids: list[str], device_id: str) -> Port:
-        """Create the network's DHCP port (device_owner network:dhcp) in Neutron."""
+    def create(self, network_id: str, subnet_ids: list[str], device_id: str, project_id: str) -> Port:
+        """Create the network's DHCP port (device_owner network:dhcp, the network's project) in Neutron."""
 
 
 @dataclass
@@ -207,7 +207,7 @@ class Reconciler:
             subnet_ids = [s.id for s in dhcp_subnets(topology, network_id)]
             device_id = dhcp_device_id(self.config.host, network_id)
             port = self._step(outcome, f"DHCP port of network {network_id}", self.dhcp_ports.create,
-                              network_id, subnet_ids, device_id)
+                              network_id, subnet_ids, device_id, topology.networks[network_id].project_id)
             if port is not None:
                 outcome.did(f"created DHCP port {port.id} of network {network_id}")
                 created.append(port)
