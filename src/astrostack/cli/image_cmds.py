@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from astrostack import images
 from astrostack.cli.common import console, print_json
-from astrostack.errors import InvalidInput
+from astrostack.errors import InvalidInput, quote
 
 app = typer.Typer(help="Build images (images/NAME) with the docker SDK and push them to a private registry.",
                   no_args_is_help=True)
@@ -19,10 +18,12 @@ def build(
     as_json: bool = typer.Option(False, "--json", help="Print the digests as JSON."),
 ) -> None:
     """Build images (the Debian base first, from Debian's mirror, when missing)."""
+    from astrostack import images  # the docker SDK: only when building
+
     available = images.recipes()
     unknown = [n for n in names if n not in available]
     if unknown:
-        raise InvalidInput(f"no image recipe {unknown[0]!r}; known: {', '.join(available)}")
+        raise InvalidInput(f"no image recipe {quote(unknown[0])}; known: {', '.join(available)}")
     progress = (lambda line: console.print(line, highlight=False, markup=False)) if verbose else None
     images.ensure_base_image(progress)
     digests = {}
@@ -43,5 +44,7 @@ def push(
     registry: str = typer.Option(..., "--registry", help="host:port of the registry."),
 ) -> None:
     """Tag NAME for REGISTRY and push it; prints the pushed reference and digest."""
+    from astrostack import images
+
     reference, digest = images.push(name, registry)
     console.print(f"pushed {reference} {digest}", highlight=False)

@@ -7,10 +7,8 @@ from typing import Optional
 
 import typer
 
-from astrostack import job as jobs_lib
-from astrostack import state
 from astrostack.cli.common import console, print_json
-from astrostack.errors import InvalidInput
+from astrostack.errors import InvalidInput, show_path
 from astrostack.yamlio import read_yaml
 
 
@@ -23,7 +21,8 @@ def register(root: typer.Typer) -> None:
 def run(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="Cluster name."),
-    job: Optional[str] = typer.Argument(None, help="Job file (*.yaml: profile mpi or sagecal-mpi), or `-- CMD ARGS`."),
+    job: Optional[str] = typer.Argument(None, help="Job file (*.yaml: profile mpi or sagecal-mpi; - for standard "
+                                        "input), or `-- CMD ARGS`."),
     np: Optional[int] = typer.Option(None, "--np", min=1, help="mpi: ranks (default: every node)."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="sagecal-mpi: worker ranks (default: nodes - 1)."),
     timeout: Optional[int] = typer.Option(None, "--timeout", min=1, help="Seconds before the job is stopped."),
@@ -31,12 +30,15 @@ def run(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Run a job; its exit code is the job's. Example: astrostack run NAME -- /usr/local/bin/mpi_smoke"""
+    from astrostack import job as jobs_lib
+    from astrostack import state
+
     job_file, command = _split_job_argument(job, list(ctx.args))
     data = _job_data(job_file, command)
     for key, value in (("np", np), ("workers", workers), ("timeout_s", timeout), ("name", job_name)):
         if value is not None:
             data[key] = value
-    spec = jobs_lib.job_from_dict(data, source=str(job_file or "command line"))
+    spec = jobs_lib.job_from_dict(data, source=show_path(job_file) if job_file else "command line")
     result = jobs_lib.run_job(state.load(name), spec)
     if as_json:
         print_json(result.model_dump(mode="json"))
@@ -49,7 +51,7 @@ def run(
 
 def _split_job_argument(job: Optional[str], rest: list[str]) -> tuple[Optional[Path], list[str]]:
     """`run NAME JOB.yaml` or `run NAME -- CMD ARGS` (click hands CMD to JOB)."""
-    if job is not None and job.endswith((".yaml", ".yml")):
+    if job is not None and (job.endswith((".yaml", ".yml")) or job == "-"):
         return Path(job), rest
     return None, ([job] if job is not None else []) + rest
 
@@ -63,7 +65,8 @@ def _job_data(job_file: Optional[Path], command: list[str]) -> dict:
         raise InvalidInput("no job: give a job file or `-- CMD ARGS`")
     data = read_yaml(job_file, "job")
     if not isinstance(data, dict):
-        raise InvalidInput(f"{job_file}: a job is a mapping with a `profile`")
+        raise InvalidInput(f"{'<stdin>' if str(job_file) == '-' else show_path(job_file)}: a job is a mapping "
+                           "with a `profile`")
     return data
 
 
@@ -72,6 +75,8 @@ def jobs(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Jobs run on a cluster, with their exit codes and times."""
+    from astrostack import job as jobs_lib
+
     rows = jobs_lib.list_jobs(name)
     if as_json:
         print_json(rows)
@@ -90,5 +95,7 @@ def fetch(
     out: Path = typer.Option(Path("."), "-o", "--out", help="Directory to copy the job folder into."),
 ) -> None:
     """Copy a job's folder (outputs, logs, per-rank figures) out of the cluster."""
+    from astrostack import job as jobs_lib
+
     target = jobs_lib.fetch(name, job_id, out)
     console.print(f"copied to {target}", highlight=False)
