@@ -121,6 +121,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _RouterServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128       # a whole cluster's VMs ask at once while they boot
 
     def __init__(self, router_id: str, namespace: str | None, lookup: Lookup, upstream: Upstream,
                  address: tuple[str, int]):

@@ -229,15 +229,16 @@ class Reconciler:
         self._apply_ipsets(state.ipsets6, "inet6", deep)
         for version in (4, 6):
             rendered = firewall.render_restore(state, version=version)
-            if not deep and self._applied.get(f"firewall{version}") == rendered:
-                continue
-            existing = firewall.chains_in_save(
-                dataplane.iptables_save(self.runner, firewall.TABLES[version], version=version))
-            dataplane.iptables_restore(self.runner, firewall.render_restore(state, existing, version),
-                                       what=f"security-group chains (IPv{version})", noflush=True, version=version)
+            if deep or self._applied.get(f"firewall{version}") != rendered:
+                existing = firewall.chains_in_save(
+                    dataplane.iptables_save(self.runner, firewall.TABLES[version], version=version))
+                dataplane.iptables_restore(self.runner, firewall.render_restore(state, existing, version),
+                                           what=f"security-group chains (IPv{version})", noflush=True,
+                                           version=version)
+                self._applied[f"firewall{version}"] = rendered
+            # Cheap, and someone flushing FORWARD (or a firewall tool) must not open the VMs for long.
             for table, builtin, chain in firewall.JUMPS[version]:
                 dataplane.ensure_jump(self.runner, table, builtin, chain, version)
-            self._applied[f"firewall{version}"] = rendered
         self._forget_connections_of_gone_ports(state, previous)
 
     def _apply_ipsets(self, wanted: dict, family: str, deep: bool) -> None:
