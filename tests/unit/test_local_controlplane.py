@@ -306,3 +306,14 @@ def test_the_localcloud_package_digest_changes_with_its_source(tmp_path):
     assert install.source_digest(source) == before
     (source / "a.py").write_text("x = 2\n")
     assert install.source_digest(source) != before
+
+
+def test_a_driver_of_another_package_reaches_nova_through_a_shim_in_nova_virt(tmp_path):
+    nova_virt = tmp_path / "nova" / "virt"
+    (nova_virt / "libvirt").mkdir(parents=True)
+    (nova_virt / "fake.py").write_text("")
+    assert config.ComputeDriver(config.FAKE_DRIVER, "").nova_setting(nova_virt) == config.FAKE_DRIVER
+    setting = config.ComputeDriver(config.CONTAINER_DRIVER, "").nova_setting(nova_virt)
+    assert setting == "astrostack_driver.ContainerDriver"
+    shim = (nova_virt / "astrostack_driver.py").read_text()
+    assert "from astrostack_localcloud.nova.driver import ContainerDriver" in shim

@@ -215,19 +215,23 @@ def create_catalog(identity: Any) -> None:
 # --- the cloud's contents (every API must answer) ------------------------------------------------
 
 
-def cloud_phase(say: Progress) -> None:
+def cloud_phase(say: Progress, compute_alive: Callable[[], bool]) -> None:
     conn = connect_admin()
-    run_step("nova-hosts", lambda: map_compute_host(conn, say), say, "mapping the compute host into cell1")
+    run_step("nova-hosts", lambda: map_compute_host(conn, compute_alive), say, "mapping the compute host into cell1")
     run_step("flavors", lambda: create_flavors(conn), say, "creating flavors m1.tiny .. m1.xlarge")
     run_step("external-network", lambda: create_external_network(conn), say,
              f"creating the external network `public` ({layout.external_net().cidr})")
     run_step("quotas", lambda: set_quotas(conn), say, "setting the quotas of project astrostack")
 
 
-def map_compute_host(conn: Any, say: Progress, sleep: Callable[[float], None] = time.sleep) -> None:
+def map_compute_host(conn: Any, compute_alive: Callable[[], bool],
+                     sleep: Callable[[float], None] = time.sleep) -> None:
     """Wait until nova-compute has registered, then map it (the scheduler also does, every 10 s)."""
     deadline = time.monotonic() + COMPUTE_DEADLINE_S
     while not any(s.binary == "nova-compute" and s.state == "up" for s in conn.compute.services()):
+        if not compute_alive():
+            log = layout.log_path("nova-compute")
+            raise LocalCloudError(f"nova-compute exited: {commands.log_tail(log, 3)}", hint=f"log: {log}")
         if time.monotonic() >= deadline:
             raise LocalCloudError(f"nova-compute did not register within {COMPUTE_DEADLINE_S} s",
                                   hint=f"log: {layout.log_path('nova-compute')}")

@@ -25,6 +25,7 @@ COMPUTE_DRIVER_ENV = "ASTROSTACK_LOCAL_COMPUTE_DRIVER"
 CONTAINER_DRIVER = "astrostack_localcloud.nova.driver.ContainerDriver"
 # A real single-node driver identity, no VM (the plain FakeDriver invents a node per start).
 FAKE_DRIVER = "fake.FakeDriverWithoutFakeNodes"
+NOVA_SHIM_MODULE = "astrostack_driver"
 HEAT_CONVERGENCE_ENV = "ASTROSTACK_LOCAL_HEAT_CONVERGENCE"
 DEBUG_ENV = "ASTROSTACK_LOCAL_DEBUG"
 DB_NAMES = {"keystone": "keystone", "placement": "placement", "glance": "glance", "nova": "nova",
@@ -76,6 +77,23 @@ class ComputeDriver:
 
     name: str
     reason: str
+
+    def nova_setting(self, nova_virt: Path) -> str:
+        """compute_driver as Nova loads it: Nova 34 always prefixes ``nova.virt.``.
+
+        A driver of another package gets a one-line module in ``nova/virt/``
+        of the OpenStack venv that imports it (``astrostack_driver.Class``).
+        """
+        first = self.name.split(".", 1)[0]
+        if (nova_virt / f"{first}.py").exists() or (nova_virt / first).is_dir():
+            return self.name
+        module, _, cls = self.name.rpartition(".")
+        shim = nova_virt / f"{NOVA_SHIM_MODULE}.py"
+        text = (f'"""Written by `astrostack local start`: Nova loads compute drivers from nova.virt only."""\n'
+                f"from {module} import {cls}  # noqa: F401\n")
+        if not shim.exists() or shim.read_text() != text:
+            shim.write_text(text)
+        return f"{NOVA_SHIM_MODULE}.{cls}"
 
 
 def choose_compute_driver(importable: Callable[[str], bool] = install.venv_can_import) -> ComputeDriver:
@@ -130,6 +148,10 @@ def rendered_files(values: dict) -> dict[Path, str]:
     etc = layout.etc_dir()
     return {etc / folder / name: render(template, {**values, **extra})
             for template, folder, name, extra in RENDERED}
+
+
+def nova_virt_dir() -> Path:
+    return install.venv_site_packages() / "nova" / "virt"
 
 
 def write_all(compute_driver: str) -> dict[Path, str]:

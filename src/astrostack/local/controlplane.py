@@ -17,6 +17,7 @@ from astrostack.errors import LocalCloudError
 from astrostack.local import (
     bootstrap,
     clouds_yaml,
+    commands,
     config,
     databases,
     dockerd,
@@ -64,7 +65,7 @@ def prepare(say: Progress) -> config.ComputeDriver:
     external_net.ensure(say)
     driver = config.choose_compute_driver()
     say(f"nova compute_driver = {driver.name} ({driver.reason})")
-    config.write_all(driver.name)
+    config.write_all(driver.nova_setting(config.nova_virt_dir()))
     databases.ensure_datadir(say)
     return driver
 
@@ -76,9 +77,11 @@ def start(only: Optional[list[str]] = None, say: Progress = print) -> StartRepor
     sup = supervisor(say)
     if only:
         started = sup.start(only)
+        _check_still_running(sup, started)
         return StartReport(started, driver.name, time.monotonic() - began)
     started = _start_all(sup, say)
     _contents(say)
+    _check_still_running(sup, [service.name for service in sup.table])
     seconds = time.monotonic() - began
     say(f"local cloud up in {seconds:.0f} s: clouds `{clouds_yaml.USER_CLOUD}` and "
         f"`{clouds_yaml.ADMIN_CLOUD}` in {clouds_yaml.clouds_yaml_path()}")
@@ -98,8 +101,18 @@ def _start_all(sup: services.Supervisor, say: Progress) -> list[str]:
     bootstrap.identity_phase(say)
     say("starting the OpenStack services")
     started += sup.start(everything)
-    bootstrap.cloud_phase(say)
+    bootstrap.cloud_phase(say, compute_alive=lambda: sup.running("nova-compute"))
     return started
+
+
+def _check_still_running(sup: services.Supervisor, names: list[str]) -> None:
+    """A daemon that passed its settle time may still die (a driver that does not load)."""
+    for name in names:
+        service = sup.services[name]
+        available = service.available is None or service.available()
+        if available and not sup.running(name):
+            raise LocalCloudError(f"{name} exited after starting: {commands.log_tail(service.log, 3)}",
+                                  hint=f"log: {service.log}")
 
 
 def _contents(say: Progress) -> None:

@@ -198,6 +198,13 @@ def ensure_localcloud_package(say: Progress) -> bool:
     return True
 
 
+def venv_site_packages() -> Path:
+    found = sorted((layout.venv_dir() / "lib").glob("python3*/site-packages"))
+    if not found:
+        raise LocalCloudError(f"no site-packages in {layout.venv_dir()}", hint="remove the venv and start again")
+    return found[-1]
+
+
 def venv_can_import(dotted: str) -> bool:
     """True if ``module`` or ``module.Attr`` imports in the OpenStack venv."""
     module, _, attribute = dotted.rpartition(".") if _looks_like_class(dotted) else (dotted, "", "")
