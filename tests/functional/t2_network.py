@@ -46,6 +46,7 @@ class T2Network:
     workdir: Path
     cidr: str = ""
     mtu: int = 1450
+    bridge_name: str = ""            # the Nova driver's brq<network id> name, when it plugs the VMs
     guests: list[Guest] = field(default_factory=list)
     _processes: list[subprocess.Popen] = field(default_factory=list)
 
@@ -55,7 +56,7 @@ class T2Network:
 
     @property
     def bridge(self) -> str:
-        return f"t2br{self.index}"
+        return self.bridge_name or f"t2br{self.index}"
 
     @property
     def namespace(self) -> str:
