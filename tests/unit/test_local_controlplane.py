@@ -100,7 +100,7 @@ def test_neutron_settings(rendered):
     assert neutron["DEFAULT"]["dhcp_agent_notification"] == "false"
     assert neutron["oslo_messaging_notifications"]["driver"] == "messagingv2"
     assert ml2["ml2"]["type_drivers"] == "flat,vxlan"
-    assert ml2["ml2"]["tenant_network_types"] == "vxlan"
+    assert ml2["ml2"]["project_network_types"] == "vxlan"
     assert ml2["ml2"]["mechanism_drivers"] == "astrostack"
     assert ml2["ml2"]["extension_drivers"] == "port_security"
     assert ml2["ml2_type_flat"]["flat_networks"] == "external"
