@@ -290,7 +290,8 @@ final_message: "t3-localnet: cloud-init done after $UPTIME s"
 
 def _container_driver() -> bool:
     conf = agent_config.local_dir() / "etc" / "nova" / "nova-compute.conf"
-    return conf.exists() and "astrostack_localcloud.nova.driver.ContainerDriver" in conf.read_text()
+    lines = conf.read_text().splitlines() if conf.exists() else []
+    return any(line.startswith("compute_driver") and "ContainerDriver" in line for line in lines)
 
 
 def test_a_real_server_boots_with_cloud_init_from_metadata_and_answers_ssh_on_its_floating_ip(deployment):
