@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from astrostack_localcloud import naming
-from astrostack_localcloud.net import firewall, netns
+from astrostack_localcloud.net import dataplane, firewall, netns
 from astrostack_localcloud.net.agent import main as agent_main
 from astrostack_localcloud.net.config import AgentConfig
 from astrostack_localcloud.net.dataplane import Runner
@@ -464,6 +464,21 @@ def test_spoofed_source_is_dropped(vms):
         assert vm3.connect(vm1.ip, 22) == vm3.ip
     finally:
         server.close()
+
+
+def test_arp_for_someone_elses_address_is_dropped(vms):
+    """vm3 announces vm1's address as its own: vm2's neighbour table must keep vm1's MAC."""
+    vm1, vm2, vm3 = vms["vm1"], vms["vm2"], vms["vm3"]
+    assert vm2.ping(vm1.ip)
+
+    def vm2_sees() -> str:
+        return in_ns(vm2.name, "ip", "neigh", "show", vm1.ip, "dev", "eth0").stdout
+
+    assert vm1.port["mac_address"] in vm2_sees()
+    time.sleep(1.1)            # past the neighbour entry's locktime, so a gratuitous ARP could win
+    dataplane.gratuitous_arp(vm3.name, "eth0", vm3.port["mac_address"], vm1.ip, count=3)
+    time.sleep(0.2)
+    assert vm3.port["mac_address"] not in vm2_sees() and vm1.port["mac_address"] in vm2_sees()
 
 
 def test_router_snat_and_floating_ip(vms):

@@ -301,3 +301,60 @@ def parse_ipset_restore(text: str) -> dict[str, set[str]]:
         else:
             raise AssertionError(f"unexpected ipset line: {line}")
     return sets
+
+
+@dataclass
+class Frame:
+    in_port: str
+    src_mac: str
+    arp_ip_src: str | None = None        # an ARP frame's sender address; None: not ARP
+
+
+class Ebtables:
+    """The agent's ebtables-restore text (nat table) walked by a frame entering the bridge."""
+
+    def __init__(self, restore_text: str):
+        self.chains: dict[str, tuple[str, list[list[str]]]] = {}
+        for line in restore_text.splitlines():
+            if line.startswith(":"):
+                name, policy = line[1:].split()
+                self.chains[name] = (policy, [])
+            elif line.startswith("-A "):
+                tokens = shlex.split(line)
+                self.chains[tokens[1]][1].append(tokens[2:])
+            elif line not in ("*nat", "COMMIT") and not line.startswith("-X "):
+                raise AssertionError(f"unexpected ebtables line: {line}")
+
+    @staticmethod
+    def _matches(tokens: list[str], frame: Frame) -> bool:
+        options = dict(zip(tokens[:-2:2], tokens[1:-2:2]))
+        for option, value in options.items():
+            if option == "-i" and frame.in_port != value:
+                return False
+            if option == "-p" and (value != "ARP" or frame.arp_ip_src is None):
+                return False
+            if option == "-s" and frame.src_mac.lower() != value.lower():
+                return False
+            if option == "--arp-ip-src" and (frame.arp_ip_src is None or not _in_net(frame.arp_ip_src, value)):
+                return False
+            if option not in ("-i", "-p", "-s", "--arp-ip-src"):
+                raise AssertionError(f"the simulator does not know {option}")
+        return True
+
+    def _run(self, chain: str, frame: Frame) -> str | None:
+        policy, rules = self.chains[chain]
+        for tokens in rules:
+            if not self._matches(tokens, frame):
+                continue
+            target = tokens[-1]
+            if target in ("ACCEPT", "DROP"):
+                return target
+            if target == "RETURN":
+                return None
+            verdict = self._run(target, frame)
+            if verdict:
+                return verdict
+        return None if policy == "RETURN" else policy
+
+    def verdict(self, frame: Frame, chain: str = "astro-PREROUTING") -> str:
+        return self._run(chain, frame) or "ACCEPT"

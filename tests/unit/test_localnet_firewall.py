@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from localnet_world import Netfilter, Packet, World, new_id, parse_ipset_restore
+from localnet_world import Ebtables, Frame, Netfilter, Packet, World, new_id, parse_ipset_restore
 
 from astrostack import paths
 from astrostack_localcloud import naming
@@ -336,6 +336,36 @@ def test_an_ipv6_rule_with_a_remote_group_admits_the_groups_ipv6_members():
 
     assert netfilter.forward(packet(client, "2001:db8::11")) == "ACCEPT"
     assert netfilter.forward(packet(other, "2001:db8::12")) == "DROP"
+
+
+# --- ARP and MAC anti-spoofing (ebtables) --------------------------------------------------
+
+
+def test_a_port_may_only_arp_for_its_own_addresses_and_send_from_its_own_macs(cluster):
+    bridge = Ebtables(firewall.render_ebtables(cluster.state))
+    worker1, worker2 = cluster.worker1, cluster.worker2
+    tap1, tap2 = cluster.tap(worker1), cluster.tap(worker2)
+    assert bridge.verdict(Frame(tap1, worker1["mac_address"], arp_ip_src="10.10.0.11")) == "ACCEPT"
+    assert bridge.verdict(Frame(tap1, worker1["mac_address"], arp_ip_src="0.0.0.0")) == "ACCEPT"      # a probe
+    assert bridge.verdict(Frame(tap1, worker1["mac_address"], arp_ip_src="10.10.0.1")) == "DROP"     # the router's
+    assert bridge.verdict(Frame(tap1, worker1["mac_address"], arp_ip_src="10.10.0.12")) == "DROP"
+    assert bridge.verdict(Frame(tap2, worker2["mac_address"], arp_ip_src="10.10.0.100")) == "ACCEPT"  # its pair
+    assert bridge.verdict(Frame(tap1, "fa:16:3e:99:99:99")) == "DROP"                                  # MAC spoof
+    assert bridge.verdict(Frame(tap1, worker1["mac_address"])) == "ACCEPT"
+
+
+def test_unfiltered_ports_and_other_bridges_are_not_touched_by_ebtables(cluster):
+    bridge = Ebtables(firewall.render_ebtables(cluster.state))
+    assert bridge.verdict(Frame(cluster.router_peer, "fa:16:3e:12:12:12", arp_ip_src="10.10.0.1")) == "ACCEPT"
+    assert bridge.verdict(Frame(cluster.tap(cluster.open_port), "fa:16:3e:12:12:12", arp_ip_src="10.10.0.5")) \
+        == "ACCEPT"
+    assert bridge.verdict(Frame("veth0", "02:42:ac:11:00:02", arp_ip_src="172.17.0.2")) == "ACCEPT"
+
+
+def test_stale_ebtables_chains_are_deleted():
+    state = Cluster().state
+    text = firewall.render_ebtables(state, existing={"astro-adeadbeef00", firewall.EB_CHAIN})
+    assert [line for line in text.splitlines() if line.startswith("-X ")] == ["-X astro-adeadbeef00"]
 
 
 # --- remote groups as ipsets, chains replaced whole ---------------------------------------

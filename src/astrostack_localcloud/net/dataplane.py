@@ -278,6 +278,21 @@ def remove_jump(runner: Runner, table: str, builtin: str, chain: str, version: i
             return
 
 
+def ebtables_save(runner: Runner, table: str) -> str:
+    return runner.run(["ebtables-save", "-t", table], what=f"ebtables-save -t {table}").stdout
+
+
+def ebtables_restore(runner: Runner, text: str, what: str) -> None:
+    runner.run(["ebtables-restore", "--noflush"], what=what, stdin=text)
+
+
+def ebtables_jump(runner: Runner, table: str, builtin: str, chain: str, insert: bool) -> None:
+    """Insert (first) or delete the jump; ebtables has no -C, the caller looks in ebtables-save."""
+    action = ["-I", builtin, "1"] if insert else ["-D", builtin]
+    runner.run(["ebtables", "-t", table] + action + ["-j", chain], what=f"ebtables {table} {builtin} -> {chain}",
+               check=insert)
+
+
 def ipset_restore(runner: Runner, text: str) -> None:
     if text:
         runner.run(["ipset", "restore"], what="ipset restore", stdin=text)

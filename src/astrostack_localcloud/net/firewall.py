@@ -252,6 +252,57 @@ def chains_in_save(save_text: str) -> dict[str, set[str]]:
     return found
 
 
+# --- ebtables: ARP and MAC anti-spoofing (Neutron's linuxbridge prevent_arp_spoofing) ----------
+
+EB_TABLE = "nat"
+EB_CHAIN = PREFIX + "PREROUTING"           # in ebtables' nat table, jumped to from PREROUTING
+
+
+def arp_chain(port_id: str) -> str:
+    return port_chain("a", port_id)
+
+
+def mac_rules(port: FilteredPort) -> list[str]:
+    """A port may send ARP only for its own IPv4 addresses (or its pairs'), and frames only from its MACs."""
+    pairs = [(mac, ip) for mac, ip in port.address_pairs if _family(ip) == 4] + [(port.mac, ip) for ip in port.ips]
+    lines = [f"-p ARP -s {mac} --arp-ip-src {ip} -j RETURN" for mac, ip in pairs]
+    # ARP probes (duplicate address detection) carry no sender address and poison no cache.
+    lines += [f"-p ARP -s {port.mac} --arp-ip-src 0.0.0.0 -j RETURN", "-p ARP -j DROP"]
+    macs = list(dict.fromkeys([port.mac] + [mac for mac, _ in port.address_pairs]))
+    return lines + [f"-s {mac} -j RETURN" for mac in macs]
+
+
+def ebtables_chains(state: DesiredState) -> dict[str, tuple[str, list[str]]]:
+    """Chain -> (policy, rules): unknown frames of a filtered port fall to its chain's DROP."""
+    ports = sorted(state.filtered_ports, key=lambda p: p.port_id)
+    chains = {EB_CHAIN: ("RETURN", [f"-i {p.tap} -j {arp_chain(p.port_id)}" for p in ports])}
+    chains.update({arp_chain(p.port_id): ("DROP", mac_rules(p)) for p in ports})
+    return chains
+
+
+def render_ebtables(state: DesiredState, existing: Iterable[str] = ()) -> str:
+    """``ebtables-restore --noflush`` input: our chains replaced, our stale ones deleted."""
+    chains = ebtables_chains(state)
+    stale = sorted(set(existing) - set(chains))
+    lines = [f"*{EB_TABLE}"] + [f":{name} {policy}" for name, (policy, _) in chains.items()]
+    lines += [f":{name} RETURN" for name in stale]
+    lines += [f"-A {name} {rule}" for name, (_, rules) in chains.items() for rule in rules]
+    lines += [f"-X {name}" for name in stale]
+    return "\n".join(lines + ["COMMIT"]) + "\n"
+
+
+def render_ebtables_removal(existing: Iterable[str]) -> str:
+    existing = sorted(existing)
+    if not existing:
+        return ""
+    lines = [f"*{EB_TABLE}"] + [f":{name} RETURN" for name in existing] + [f"-X {name}" for name in existing]
+    return "\n".join(lines + ["COMMIT"]) + "\n"
+
+
+def ebtables_jump_present(save_text: str) -> bool:
+    return f"-A PREROUTING -j {EB_CHAIN}" in save_text.splitlines()
+
+
 # --- ipsets ------------------------------------------------------------------------------
 
 

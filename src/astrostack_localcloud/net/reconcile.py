@@ -239,7 +239,19 @@ class Reconciler:
             # Cheap, and someone flushing FORWARD (or a firewall tool) must not open the VMs for long.
             for table, builtin, chain in firewall.JUMPS[version]:
                 dataplane.ensure_jump(self.runner, table, builtin, chain, version)
+        self._apply_ebtables(state, deep)
         self._forget_connections_of_gone_ports(state, previous)
+
+    def _apply_ebtables(self, state: DesiredState, deep: bool) -> None:
+        rendered = firewall.render_ebtables(state)
+        saved = dataplane.ebtables_save(self.runner, firewall.EB_TABLE)
+        if deep or self._applied.get("ebtables") != rendered:
+            existing = firewall.chains_in_save(saved).get(firewall.EB_TABLE, set())
+            dataplane.ebtables_restore(self.runner, firewall.render_ebtables(state, existing),
+                                       what="ARP and MAC anti-spoofing chains")
+            self._applied["ebtables"] = rendered
+        if not firewall.ebtables_jump_present(saved):
+            dataplane.ebtables_jump(self.runner, firewall.EB_TABLE, "PREROUTING", firewall.EB_CHAIN, insert=True)
 
     def _apply_ipsets(self, wanted: dict, family: str, deep: bool) -> None:
         sets = {name: members for name, members in wanted.items()
@@ -414,6 +426,13 @@ class Reconciler:
             self._step(outcome, f"our chains (IPv{version})", dataplane.iptables_restore, self.runner, removal,
                        f"delete our chains (IPv{version})", dataplane.HOST, True, version)
 
+    def _remove_ebtables(self) -> None:
+        dataplane.ebtables_jump(self.runner, firewall.EB_TABLE, "PREROUTING", firewall.EB_CHAIN, insert=False)
+        saved = dataplane.ebtables_save(self.runner, firewall.EB_TABLE)
+        removal = firewall.render_ebtables_removal(firewall.chains_in_save(saved).get(firewall.EB_TABLE, set()))
+        if removal:
+            dataplane.ebtables_restore(self.runner, removal, what="delete ARP and MAC anti-spoofing chains")
+
     # --- everything, for astrostack-localnet --cleanup-all ----------------------------------
 
     def cleanup_all(self, sweep: bool) -> Outcome:
@@ -430,6 +449,7 @@ class Reconciler:
                     self.registry.add("bridges", link.name)
         for version in (4, 6):
             self._remove_our_chains(version, outcome)
+        self._step(outcome, "ebtables chains", self._remove_ebtables)
         self._applied.clear()
         empty = DesiredState(external_bridge=self.config.external_bridge)
         self._remove_stale(empty, outcome)
