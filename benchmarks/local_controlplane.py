@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 try:
-    from astrostack.local import controlplane, services
+    from astrostack.local import controlplane, supervisor
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from astrostack.local import controlplane, services
+    from astrostack.local import controlplane, supervisor
 
 COLD_START_TARGET_S = 60.0
 IDLE_RSS_TARGET = 3 * 2**30
@@ -54,8 +54,8 @@ def idle_memory() -> dict[str, dict[str, int]]:
     """Per service: process count, RSS and PSS of its process group."""
     memory = {}
     for row in controlplane.status(say=lambda line: None):
-        members = services.group_members(row.pid) if row.pid else []
-        memory[row.name] = {"processes": len(members), "rss": services.rss_bytes(members),
+        members = supervisor.group_members(row.pid) if row.pid else []
+        memory[row.name] = {"processes": len(members), "rss": supervisor.rss_bytes(members),
                             "pss": pss_bytes(members)}
     return memory
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from astrostack.local import clouds_yaml, config, databases, external_net, install, layout, services
+from astrostack.local import clouds_yaml, config, databases, external_net, install, layout, services, supervisor
 
 API_HOST = "172.24.4.1"
 DESIGN_PORTS = {"keystone": 15000, "placement": 18778, "glance": 19292, "nova-api": 18774,
@@ -215,24 +215,24 @@ def _sleeper(name: str, *after: str) -> services.Service:
 def test_supervisor_starts_once_and_stops_exactly_what_it_started():
     table = [_sleeper("one"), _sleeper("two", "one")]
     lines: list[str] = []
-    sup = services.Supervisor(table, lines.append, settle_s=0)
+    sup = supervisor.Supervisor(table, lines.append, settle_s=0)
     try:
         assert sup.start(["two"], deadline_s=10) == ["one", "two"]
         pids = {name: sup.pid(name) for name in ("one", "two")}
         assert all(pids.values())
-        again = services.Supervisor(table, lines.append, settle_s=0)
+        again = supervisor.Supervisor(table, lines.append, settle_s=0)
         assert again.start(["two"], deadline_s=10) == []
         assert again.stop(["two"]) == ["two"]
         assert again.pid("two") is None and again.pid("one") == pids["one"]
     finally:
         sup.stop(["one", "two"])
-    assert not services.group_members(pids["one"])
+    assert not supervisor.group_members(pids["one"])
     assert not table[0].pid_file.exists()
 
 
 def test_a_service_that_exits_while_starting_is_an_error_naming_its_log():
     table = [services.Service("broken", ("sh", "-c", "echo cannot bind; exit 3"))]
-    sup = services.Supervisor(table, lambda line: None, settle_s=1)
+    sup = supervisor.Supervisor(table, lambda line: None, settle_s=1)
     with pytest.raises(Exception) as caught:
         sup.start(["broken"], deadline_s=10)
     message = str(caught.value)
@@ -243,7 +243,7 @@ def test_a_service_that_exits_while_starting_is_an_error_naming_its_log():
 def test_a_pid_file_of_another_process_is_not_ours():
     service = _sleeper("ghost")
     service.pid_file.write_text("1 12345\n")  # pid 1, but another start time
-    assert services.Supervisor([service], lambda line: None).pid("ghost") is None
+    assert supervisor.Supervisor([service], lambda line: None).pid("ghost") is None
 
 
 # --- clouds.yaml, databases, pins --------------------------------------------------------

@@ -9,6 +9,7 @@ clouds.yaml). A later start only starts what is not running.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -25,6 +26,7 @@ from astrostack.local import (
     install,
     services,
     site_registry,
+    supervisor,
     vm_image,
 )
 
@@ -43,8 +45,8 @@ def _localnet_importable() -> bool:
     return install.venv_can_import(services.LOCALNET_MODULE)
 
 
-def supervisor(say: Progress) -> services.Supervisor:
-    return services.Supervisor(services.service_table(_cached(_localnet_importable)), say)
+def make_supervisor(say: Progress) -> supervisor.Supervisor:
+    return supervisor.Supervisor(services.service_table(_cached(_localnet_importable)), say)
 
 
 def _cached(check: Callable[[], bool]) -> Callable[[], bool]:
@@ -74,7 +76,7 @@ def start(only: Optional[list[str]] = None, say: Progress = print) -> StartRepor
     """Start the local cloud (or the named services and what they need); harmless when running."""
     began = time.monotonic()
     driver = prepare(say)
-    sup = supervisor(say)
+    sup = make_supervisor(say)
     if only:
         started = sup.start(only)
         _check_still_running(sup, started)
@@ -88,7 +90,7 @@ def start(only: Optional[list[str]] = None, say: Progress = print) -> StartRepor
     return StartReport(started, driver.name, seconds)
 
 
-def _start_all(sup: services.Supervisor, say: Progress) -> list[str]:
+def _start_all(sup: supervisor.Supervisor, say: Progress) -> list[str]:
     """Everything, with the first start's set-up between the layers that need it."""
     everything = [service.name for service in sup.table]
     if bootstrap.complete():
@@ -105,7 +107,7 @@ def _start_all(sup: services.Supervisor, say: Progress) -> list[str]:
     return started
 
 
-def _check_still_running(sup: services.Supervisor, names: list[str]) -> None:
+def _check_still_running(sup: supervisor.Supervisor, names: list[str]) -> None:
     """A daemon that passed its settle time may still die (a driver that does not load)."""
     for name in names:
         service = sup.services[name]
@@ -119,8 +121,6 @@ def _contents(say: Progress) -> None:
     """What every start checks: clouds.yaml, the registry trust, the VM image."""
     clouds_yaml.write()
     site_registry.trust(say)
-    import os
-
     if os.environ.get(SKIP_IMAGE_ENV):
         say(f"VM image not checked ({SKIP_IMAGE_ENV} is set)")
         return
@@ -129,7 +129,7 @@ def _contents(say: Progress) -> None:
 
 def stop(only: Optional[list[str]] = None, say: Progress = print) -> list[str]:
     """Stop every service (or the named ones), APIs and daemons first, the infrastructure last."""
-    sup = supervisor(say)
+    sup = make_supervisor(say)
     if only:
         known = services.by_name(sup.table)
         unknown = [name for name in only if name not in known]
@@ -145,5 +145,5 @@ def stop(only: Optional[list[str]] = None, say: Progress = print) -> list[str]:
     return stopped
 
 
-def status(say: Progress = print) -> list[services.ServiceStatus]:
-    return supervisor(say).status()
+def status(say: Progress = print) -> list[supervisor.ServiceStatus]:
+    return make_supervisor(say).status()

@@ -44,15 +44,16 @@ def ensure_bridge(name: str, gateway: str, prefixlen: int) -> bool:
     if address not in _ip("-4", "-o", "addr", "show", "dev", name):
         _ip("addr", "add", address, "dev", name)
         changed = True
-    if "state UP" not in _ip("-o", "link", "show", name) and "UP" not in _link_flags(name):
+    if "UP" not in _link_flags(name):
         _ip("link", "set", name, "up")
         changed = True
     return changed
 
 
-def _link_flags(name: str) -> str:
+def _link_flags(name: str) -> list[str]:
+    """The interface's flags (BROADCAST, MULTICAST, UP, ...) from ``ip -o link show``."""
     output = _ip("-o", "link", "show", name)
-    return output.split("<", 1)[1].split(">", 1)[0] if "<" in output else ""
+    return output.split("<", 1)[1].split(">", 1)[0].split(",") if "<" in output else []
 
 
 def ensure_ip_forward() -> bool:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from astrostack import paths
+from astrostack.errors import LocalCloudError
 
 EXTERNAL_CIDR_ENV = "ASTROSTACK_LOCAL_EXTERNAL_CIDR"
 DEFAULT_EXTERNAL_CIDR = "172.24.4.0/24"
@@ -58,8 +59,6 @@ def external_net() -> ExternalNet:
     network = ipaddress.IPv4Network(os.environ.get(EXTERNAL_CIDR_ENV, DEFAULT_EXTERNAL_CIDR))
     hosts = list(network.hosts())
     if len(hosts) < 16:
-        from astrostack.errors import LocalCloudError
-
         raise LocalCloudError(f"{EXTERNAL_CIDR_ENV}={network} is too small for the external network",
                               hint="use a /27 or larger")
     return ExternalNet(cidr=str(network), gateway=str(hosts[0]),
