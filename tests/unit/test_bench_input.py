@@ -83,6 +83,11 @@ def test_bench_schedule_refuses_a_matrix_with_a_bad_job_and_installs_nothing(tmp
     assert code == EXIT_INVALID_INPUT and "job:" in err and not target.exists()
 
 
+def test_bench_schedule_refuses_standard_input(capsys):
+    code = main(["bench", "schedule", "-", "--cron", "0 3 * * 1", "--dry-run"])
+    assert code == EXIT_INVALID_INPUT and "needs a matrix file, not -" in capsys.readouterr().err
+
+
 def test_a_matrix_reads_from_standard_input(monkeypatch):
     import io
     import sys

@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from astrostack.bench import db
 from astrostack.cli.common import console, err_console, print_json
-from astrostack.errors import BenchFailed
+from astrostack.errors import BenchFailed, InvalidInput
 
 app = typer.Typer(help="Benchmarks like the paper's Table 1: deploy, run, destroy a matrix of cluster sizes.",
                   no_args_is_help=True)
@@ -119,6 +119,8 @@ def schedule_cmd(
     from astrostack.bench import schedule
     from astrostack.bench.matrix import load_matrix
 
+    if str(matrix) == "-":
+        raise InvalidInput("bench schedule needs a matrix file, not - (the scheduled runs read it later)")
     name = load_matrix(matrix).name
     database = db_path or db.default_db_path(create=not dry_run)
     if systemd:
