@@ -29,6 +29,7 @@ from oslo_log import log as logging
 
 from astrostack_localcloud import naming
 
+from . import commands
 from . import settings as settings_module
 from .errors import HypervisorError, Missing, PortNotWired
 from .events import ContainerEvent, EventFollower
@@ -162,6 +163,12 @@ class ContainerDriver(fake.FakeDriverWithoutFakeNodes):
     def instance_on_disk(self, instance):
         return False
 
+    def get_host_ip_addr(self):
+        return CONF.my_ip
+
+    def get_host_uptime(self):
+        return commands.run(["uptime"], what="host uptime", timeout_s=self.settings.command_timeout_s).stdout.strip()
+
     # --- boot and shut down ---------------------------------------------------------------------
 
     def spawn(self, context, instance, image_meta, injected_files, admin_password, allocations,
@@ -248,8 +255,9 @@ class ContainerDriver(fake.FakeDriverWithoutFakeNodes):
         return None                      # a stopped or destroyed VM's veths are gone with its namespace
 
     def get_console_output(self, context, instance):
+        # bytes, as libvirt's: Nova encodes a str as latin-1, which systemd's "…" is not
         try:
-            return self._call(instance, self.hypervisor.console, instance.uuid)
+            return self._call(instance, self.hypervisor.console_output, instance.uuid)
         except exception.InstanceNotFound:
             raise exception.ConsoleNotAvailable() from None
 

@@ -190,9 +190,12 @@ class Hypervisor:
     def instance_uuids(self) -> list[str]:
         return [uuid for uuid in map(instance_uuid_of, self.docker.instance_containers()) if uuid]
 
+    def console_output(self, instance_uuid: str) -> bytes:
+        """The last bytes of the VM's tty (raw, as a serial console log)."""
+        return self.docker.console(naming.instance_container(instance_uuid), self.settings.console_bytes)
+
     def console(self, instance_uuid: str) -> str:
-        output = self.docker.console(naming.instance_container(instance_uuid), self.settings.console_bytes)
-        return output.decode("utf-8", errors="replace")
+        return self.console_output(instance_uuid).decode("utf-8", errors="replace")
 
     def resume(self) -> None:
         """After a restart of this process: serve the channel of every VM that has a state file."""
