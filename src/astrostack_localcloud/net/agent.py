@@ -38,6 +38,7 @@ from astrostack_localcloud.net.reconcile import Outcome, Reconciler
 LOG = logging.getLogger("astrostack_localcloud.net.agent")
 DEBOUNCE_S = 0.15          # a burst of notifications (port create, update, binding) becomes one pass
 RETRY_MIN_S, RETRY_MAX_S = 1.0, 30.0
+SLOW_PASS_S = 2.0          # a pass slower than this is said at INFO (Neutron busy, a slow command)
 DEEP_EVERY = 10            # every 10th periodic resync re-applies everything, changed or not
 
 
@@ -144,15 +145,18 @@ class Agent:
         self._poked.set()
 
     def pass_once(self, deep: bool) -> Outcome | None:
+        started = time.monotonic()
         try:
             topology = self.neutron.topology()
         except NeutronError as exc:
             LOG.error("Neutron: %s", exc)
             return None
+        fetched = time.monotonic() - started
         outcome = self.reconciler.reconcile(topology, deep=deep)
-        level = logging.WARNING if outcome.failures else logging.DEBUG
-        LOG.log(level, "reconciled in %.2f s: %d actions, %d failures", outcome.elapsed,
-                len(outcome.actions), len(outcome.failures))
+        slow = fetched + outcome.elapsed > SLOW_PASS_S
+        level = logging.WARNING if outcome.failures else logging.INFO if slow else logging.DEBUG
+        LOG.log(level, "pass%s: Neutron read in %.2f s, applied in %.2f s (%d actions, %d failures)",
+                " (deep)" if deep else "", fetched, outcome.elapsed, len(outcome.actions), len(outcome.failures))
         return outcome
 
     def run(self) -> None:
