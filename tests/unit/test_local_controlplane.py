@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from astrostack.errors import InvalidInput, LocalCloudError
 from astrostack.local import clouds_yaml, config, databases, external_net, install, layout, services, supervisor
 
 API_HOST = "172.24.4.1"
@@ -191,7 +192,7 @@ def test_a_single_service_brings_what_it_needs():
     table = services.service_table()
     assert services.with_prerequisites(table, ["heat-api"]) == ["epmd", "mariadb", "rabbitmq", "keystone",
                                                                  "heat-api"]
-    with pytest.raises(Exception, match="no such service: heat"):
+    with pytest.raises(InvalidInput, match="no such service: heat"):
         services.with_prerequisites(table, ["heat"])
 
 
@@ -233,7 +234,7 @@ def test_supervisor_starts_once_and_stops_exactly_what_it_started():
 def test_a_service_that_exits_while_starting_is_an_error_naming_its_log():
     table = [services.Service("broken", ("sh", "-c", "echo cannot bind; exit 3"))]
     sup = supervisor.Supervisor(table, lambda line: None, settle_s=1)
-    with pytest.raises(Exception) as caught:
+    with pytest.raises(LocalCloudError) as caught:
         sup.start(["broken"], deadline_s=10)
     message = str(caught.value)
     assert "broken exited (code 3)" in message and "cannot bind" in message

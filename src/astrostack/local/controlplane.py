@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from astrostack.errors import LocalCloudError
+from astrostack.errors import InvalidInput, LocalCloudError
 from astrostack.local import (
     bootstrap,
     clouds_yaml,
@@ -134,7 +134,7 @@ def stop(only: Optional[list[str]] = None, say: Progress = print) -> list[str]:
         known = services.by_name(sup.table)
         unknown = [name for name in only if name not in known]
         if unknown:
-            raise LocalCloudError(f"no such service: {', '.join(unknown)}", hint=f"services: {', '.join(known)}")
+            raise InvalidInput(f"no such service: {', '.join(unknown)}", hint=f"services: {', '.join(known)}")
         return sup.stop(only)
     names = [service.name for service in sup.table]
     infrastructure = [name for name in names if name in services.INFRASTRUCTURE]

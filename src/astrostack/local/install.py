@@ -48,6 +48,8 @@ DEBIAN_PACKAGES = {
     "/usr/bin/docker-registry": "docker-registry",
     "/usr/sbin/dockerd": "docker.io",
     "/usr/bin/curl": "curl",
+    # The VM image is built FROM a debootstrapped base image (astrostack.images).
+    "/usr/sbin/debootstrap": "debootstrap",
 }
 LOCALCLOUD_PACKAGE = "astrostack_localcloud"
 LOCALCLOUD_DIST = "astrostack-localcloud"

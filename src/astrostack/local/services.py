@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from astrostack.errors import LocalCloudError
+from astrostack.errors import InvalidInput
 from astrostack.local import layout
 
 PROBE_TIMEOUT_S = 2.0
@@ -210,7 +210,7 @@ def with_prerequisites(table: list[Service], wanted: list[str]) -> list[str]:
     services = by_name(table)
     unknown = sorted(set(wanted) - set(services))
     if unknown:
-        raise LocalCloudError(f"no such service: {', '.join(unknown)}",
+        raise InvalidInput(f"no such service: {', '.join(unknown)}",
                               hint=f"services: {', '.join(services)}")
     needed: set[str] = set()
     pending = list(wanted)
