@@ -9,11 +9,13 @@ clouds.yaml). A later start only starts what is not running.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from astrostack import locks
 from astrostack.errors import InvalidInput, LocalCloudError
 from astrostack.local import (
     bootstrap,
@@ -24,6 +26,7 @@ from astrostack.local import (
     dockerd,
     external_net,
     install,
+    layout,
     services,
     site_registry,
     supervisor,
@@ -72,8 +75,23 @@ def prepare(say: Progress) -> config.ComputeDriver:
     return driver
 
 
+def _busy(holder: str) -> LocalCloudError:
+    return LocalCloudError(f"another `astrostack local start/stop` (pid {holder}) is running",
+                           hint="wait for it, or see `astrostack local status`")
+
+
+def _one_at_a_time() -> contextlib.AbstractContextManager:
+    """start and stop never run twice at once (they would spawn or kill each other's processes)."""
+    return locks.pid_lock(layout.run_dir() / "controlplane.lock", _busy)
+
+
 def start(only: Optional[list[str]] = None, say: Progress = print) -> StartReport:
     """Start the local cloud (or the named services and what they need); harmless when running."""
+    with _one_at_a_time():
+        return _start(only, say)
+
+
+def _start(only: Optional[list[str]], say: Progress) -> StartReport:
     began = time.monotonic()
     driver = prepare(say)
     sup = make_supervisor(say)
@@ -129,6 +147,11 @@ def _contents(say: Progress) -> None:
 
 def stop(only: Optional[list[str]] = None, say: Progress = print) -> list[str]:
     """Stop every service (or the named ones), APIs and daemons first, the infrastructure last."""
+    with _one_at_a_time():
+        return _stop(only, say)
+
+
+def _stop(only: Optional[list[str]], say: Progress) -> list[str]:
     sup = make_supervisor(say)
     if only:
         known = services.by_name(sup.table)
