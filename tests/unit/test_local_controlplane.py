@@ -318,3 +318,18 @@ def test_a_driver_of_another_package_reaches_nova_through_a_shim_in_nova_virt(tm
     assert setting == "astrostack_driver.ContainerDriver"
     shim = (nova_virt / "astrostack_driver.py").read_text()
     assert "from astrostack_localcloud.nova.driver import ContainerDriver" in shim
+
+
+def test_sdk_and_keystoneauth_errors_become_one_line():
+    import keystoneauth1.exceptions
+    import openstack.exceptions
+
+    from astrostack.local import bootstrap
+
+    with pytest.raises(LocalCloudError, match=r"^bootstrap step flavors failed: .*refused"):
+        with bootstrap.api_errors("bootstrap step flavors"):
+            raise keystoneauth1.exceptions.ConnectFailure("Unable to establish connection: refused\nmore")
+    with pytest.raises(LocalCloudError) as caught:
+        with bootstrap.api_errors("putting the VM image in Glance"):
+            raise openstack.exceptions.SDKException("Image upload\nfailed")
+    assert "\n" not in str(caught.value)

@@ -8,10 +8,13 @@ this process (the ``openstack`` CLI costs seconds per call).
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import keystoneauth1.exceptions
 import openstack
 import openstack.exceptions
 
@@ -78,10 +81,8 @@ def run_step(step: str, action: Callable[[], Any], say: Progress, what: str) -> 
         return
     started = time.monotonic()
     say(what)
-    try:
+    with api_errors(f"bootstrap step {step}"):
         action()
-    except openstack.exceptions.SDKException as exc:
-        raise sdk_error(exc, f"bootstrap step {step}") from exc
     mark(step)
     say(f"  {step} done ({time.monotonic() - started:.0f} s)")
 
@@ -263,9 +264,13 @@ def set_quotas(conn: Any) -> None:
     conn.set_volume_quotas("astrostack", **VOLUME_QUOTAS)
 
 
-def sdk_error(exc: openstack.exceptions.SDKException, what: str) -> LocalCloudError:
-    """One line naming the step, the API's answer and its request id."""
-    request_id = getattr(exc, "request_id", None)
-    detail = " ".join(str(exc).split())
-    return LocalCloudError(f"{what} failed: {detail}" + (f" (request {request_id})" if request_id else ""),
-                           hint=f"logs: {layout.logs_dir()}")
+@contextlib.contextmanager
+def api_errors(what: str) -> Iterator[None]:
+    """openstacksdk and keystoneauth errors become one LocalCloudError line (with the request id)."""
+    try:
+        yield
+    except (openstack.exceptions.SDKException, keystoneauth1.exceptions.ClientException) as exc:
+        request_id = getattr(exc, "request_id", None)
+        detail = " ".join(str(exc).split())
+        raise LocalCloudError(f"{what} failed: {detail}" + (f" (request {request_id})" if request_id else ""),
+                              hint=f"logs: {layout.logs_dir()}") from exc

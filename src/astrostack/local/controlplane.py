@@ -142,7 +142,8 @@ def _contents(say: Progress) -> None:
     if os.environ.get(SKIP_IMAGE_ENV):
         say(f"VM image not checked ({SKIP_IMAGE_ENV} is set)")
         return
-    vm_image.ensure(bootstrap.connect_admin(), say)
+    with bootstrap.api_errors("putting the VM image in Glance"):
+        vm_image.ensure(bootstrap.connect_admin(), say)
 
 
 def stop(only: Optional[list[str]] = None, say: Progress = print) -> list[str]:
