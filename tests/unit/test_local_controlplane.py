@@ -326,10 +326,10 @@ def test_sdk_and_keystoneauth_errors_become_one_line():
 
     from astrostack.local import bootstrap
 
-    with pytest.raises(LocalCloudError, match=r"^bootstrap step flavors failed: .*refused"):
-        with bootstrap.api_errors("bootstrap step flavors"):
-            raise keystoneauth1.exceptions.ConnectFailure("Unable to establish connection: refused\nmore")
-    with pytest.raises(LocalCloudError) as caught:
-        with bootstrap.api_errors("putting the VM image in Glance"):
-            raise openstack.exceptions.SDKException("Image upload\nfailed")
+    refused = keystoneauth1.exceptions.ConnectFailure("Unable to establish connection: refused\nmore")
+    with pytest.raises(LocalCloudError, match=r"^bootstrap step flavors failed: .*refused"), \
+            bootstrap.api_errors("bootstrap step flavors"):
+        raise refused
+    with pytest.raises(LocalCloudError) as caught, bootstrap.api_errors("putting the VM image in Glance"):
+        raise openstack.exceptions.SDKException("Image upload\nfailed")
     assert "\n" not in str(caught.value)
