@@ -244,7 +244,9 @@ def test_a_service_that_exits_while_starting_is_an_error_naming_its_log():
 def test_a_pid_file_of_another_process_is_not_ours():
     service = _sleeper("ghost")
     service.pid_file.write_text("1 12345\n")  # pid 1, but another start time
-    assert supervisor.Supervisor([service], lambda line: None).pid("ghost") is None
+    sup = supervisor.Supervisor([service], lambda line: None)
+    assert sup.pid("ghost") is None
+    assert sup.stop(["ghost"]) == []  # and nothing is signalled
 
 
 # --- clouds.yaml, databases, pins --------------------------------------------------------

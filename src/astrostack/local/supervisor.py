@@ -62,6 +62,24 @@ def read_pid_file(path: Path) -> Optional[PidRecord]:
         return None
 
 
+def our_group(record: Optional[PidRecord]) -> Optional[int]:
+    """The process group a pid file names, if it is still ours.
+
+    Ours: the leader is the very process we started (same start time), or
+    the leader is gone and processes of its group remain (our orphans: a
+    group id is not reused while the group has members). A live leader with
+    another start time is a reused pid, not ours.
+    """
+    if record is None:
+        return None
+    ticks = process_start_ticks(record.pid)
+    if ticks == record.start_ticks:
+        return record.pid
+    if ticks is None and group_members(record.pid):
+        return record.pid
+    return None
+
+
 def group_members(pgid: int) -> list[int]:
     """Pids of the live processes in a process group (a service and its children)."""
     members = []
@@ -226,10 +244,10 @@ class Supervisor:
 
     def _kill_leftovers(self, service: Service) -> None:
         """Children of an earlier run whose leader died still hold ports: end that group first."""
-        record = read_pid_file(service.pid_file)
-        if record is not None and group_members(record.pid):
-            self.say(f"  ending leftover processes of {service.name} (group {record.pid})")
-            self._end_group(service.name, record.pid)
+        pgid = our_group(read_pid_file(service.pid_file))
+        if pgid is not None:
+            self.say(f"  ending leftover processes of {service.name} (group {pgid})")
+            self._end_group(service.name, pgid)
 
     def _check_alive(self, name: str) -> None:
         if self.running(name):
@@ -252,9 +270,9 @@ class Supervisor:
         """End exactly the process groups these services' pid files name; SIGKILL at the deadline."""
         groups = {}
         for name in names:
-            record = read_pid_file(self.services[name].pid_file)
-            if record is not None and group_members(record.pid):
-                groups[name] = record.pid
+            pgid = our_group(read_pid_file(self.services[name].pid_file))
+            if pgid is not None:
+                groups[name] = pgid
             else:
                 self.services[name].pid_file.unlink(missing_ok=True)
         for pgid in groups.values():
