@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from localnet_helpers import icmp_echo
 
 from astrostack_localcloud import naming
 from astrostack_localcloud.net import config as agent_config
@@ -222,8 +223,8 @@ def test_security_groups_filter_between_vms(deployment):
         assert vm1.connect(vm2.ip, 7946)
         assert not vm1.connect(vm2.ip, 7947, timeout=1)
         assert not vm3.connect(vm2.ip, 7946, timeout=1)
-        assert vm1.run("ping", "-c1", "-W1", vm2.ip).returncode == 0
-        assert vm3.run("ping", "-c1", "-W1", vm2.ip).returncode != 0
+        assert icmp_echo(vm1.name, vm2.ip)
+        assert not icmp_echo(vm3.name, vm2.ip)
         vm1.run("ip", "addr", "add", "10.93.7.250/24", "dev", "eth0")
         assert not vm1.connect(vm2.ip, 7946, timeout=1, source="10.93.7.250")
     finally:
