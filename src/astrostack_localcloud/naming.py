@@ -18,6 +18,7 @@ ID_CHARS = 11
 LABEL_INSTANCE = "astrostack.local.instance"      # the Nova instance uuid
 LABEL_INSTANCE_NAME = "astrostack.local.instance-name"  # Nova's instance name (instance-0000000a)
 LABEL_HOSTNAME = "astrostack.local.hostname"      # the server's hostname
+LABEL_HYPERVISOR = "astrostack.local.hypervisor"  # the folder of the hypervisor that runs it (LOCAL)
 
 # The external network's bridge on this machine (its gateway address lives on it).
 EXTERNAL_BRIDGE = os.environ.get("ASTROSTACK_LOCAL_EXTERNAL_BRIDGE", "astro-ex")

@@ -136,7 +136,8 @@ def test_losetup_and_blkid_output():
 
 
 def test_the_container_is_a_machine_not_a_privileged_container(tmp_path: Path):
-    spec = containers.ContainerSpec(UUID, "instance-0000000a", "cluster-nfs", "img", 2, tmp_path, memory_mb=2048)
+    spec = containers.ContainerSpec(UUID, "instance-0000000a", "cluster-nfs", "img", 2, tmp_path,
+                                    hypervisor="/srv/local", memory_mb=2048)
 
     args = containers.host_config_args(spec)
 
@@ -148,7 +149,7 @@ def test_the_container_is_a_machine_not_a_privileged_container(tmp_path: Path):
     assert args["mem_limit"] == "2048m"
     assert spec.environment == {"product_name": "OpenStack Nova", "ASTROSTACK_HV_NICS": "2",
                                 "ASTROSTACK_HV_NIC_WAIT_S": "120"}
-    assert spec.labels[naming.LABEL_INSTANCE] == UUID
+    assert spec.labels[naming.LABEL_INSTANCE] == UUID and spec.labels[naming.LABEL_HYPERVISOR] == "/srv/local"
 
 
 def test_no_memory_limit_when_none_is_asked(tmp_path: Path):
@@ -199,8 +200,21 @@ def test_a_zero_timeout_does_not_wait(tmp_path: Path):
 
 def test_docker_events_of_servers_are_recognised():
     die = {"Type": "container", "Action": "die", "timeNano": 12,
-           "Actor": {"Attributes": {naming.LABEL_INSTANCE: UUID, "exitCode": "130"}}}
+           "Actor": {"Attributes": {naming.LABEL_INSTANCE: UUID, naming.LABEL_HYPERVISOR: "/srv/local",
+                                    "exitCode": "130"}}}
     other = {"Type": "container", "Action": "start", "Actor": {"Attributes": {"name": "not-a-server"}}}
 
-    assert events.parse_event(die) == events.ContainerEvent(UUID, "die", 130, 12)
+    assert events.parse_event(die) == events.ContainerEvent(UUID, "die", 130, 12, "/srv/local")
     assert events.parse_event(other) is None
+
+
+def test_a_hypervisor_owns_its_labelled_servers_and_unlabelled_ones_it_has_state_for(tmp_path: Path):
+    from astrostack_localcloud.nova.hypervisor import Hypervisor
+    from astrostack_localcloud.nova.settings import Settings
+
+    hypervisor = Hypervisor(Settings(local_dir=tmp_path))
+    hypervisor.store.save(a_state())
+
+    assert hypervisor.owns("any", str(tmp_path))
+    assert not hypervisor.owns(UUID, "/another/hypervisor")
+    assert hypervisor.owns(UUID, "") and not hypervisor.owns("unknown", "")

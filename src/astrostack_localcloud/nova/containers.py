@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +54,7 @@ class ContainerSpec:
     image: str
     nic_count: int
     channel_dir: Path
+    hypervisor: str = ""               # LABEL_HYPERVISOR: which hypervisor's server this is
     memory_mb: int = 0                 # 0: no limit
     nic_wait_s: float = 120.0
     stop_timeout_s: float = 30.0
@@ -69,7 +70,7 @@ class ContainerSpec:
     @property
     def labels(self) -> dict[str, str]:
         return {naming.LABEL_INSTANCE: self.instance_uuid, naming.LABEL_INSTANCE_NAME: self.instance_name,
-                naming.LABEL_HOSTNAME: self.hostname}
+                naming.LABEL_HOSTNAME: self.hostname, naming.LABEL_HYPERVISOR: self.hypervisor}
 
     @property
     def environment(self) -> dict[str, str]:
@@ -247,5 +248,5 @@ def instance_uuid_of(entry: dict) -> str:
     return (entry.get("Labels") or {}).get(naming.LABEL_INSTANCE, "")
 
 
-def instance_names_of(entries: Sequence[dict]) -> list[str]:
-    return [(entry.get("Labels") or {}).get(naming.LABEL_INSTANCE_NAME, "") for entry in entries]
+def hypervisor_of(entry: dict) -> str:
+    return (entry.get("Labels") or {}).get(naming.LABEL_HYPERVISOR, "")

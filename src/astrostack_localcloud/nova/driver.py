@@ -41,6 +41,7 @@ from .volumes import guest_node, volume_from_connection_info
 LOG = logging.getLogger(__name__)
 GROUP = "astrostack_local"
 DEFAULT_MTU = 1500
+ROOT_DEVICE = "/dev/vda"
 
 OPTS = [
     cfg.StrOpt("local_dir", help="The local cloud's folder (LOCAL). Default: $ASTROSTACK_LOCAL_DIR, else "
@@ -140,6 +141,8 @@ class ContainerDriver(fake.FakeDriverWithoutFakeNodes):
         self.hypervisor.close()
 
     def _on_container_event(self, event: ContainerEvent) -> None:
+        if not self.hypervisor.owns(event.instance_uuid, event.hypervisor):
+            return                       # another hypervisor's VM on the same Docker engine (a test's)
         if self.hypervisor.on_container_event(event):
             return                       # the guest rebooted itself: still running, as a VM would be
         self.emit_event(virtevent.LifecycleEvent(event.instance_uuid, LIFECYCLE[event.action]))
@@ -303,6 +306,10 @@ class ContainerDriver(fake.FakeDriverWithoutFakeNodes):
         except HypervisorError as exc:
             volume_id = (connection_info.get("data") or {}).get("volume_id", "?")
             raise exception.VolumeDetachFailed(volume_id=volume_id, reason=str(exc)) from exc
+
+    def default_root_device_name(self, instance, image_meta, root_bdm):
+        # virtio disks, as on KVM: Nova then names volumes /dev/vdb, /dev/vdc, ...
+        return ROOT_DEVICE
 
     def get_volume_connector(self, instance):
         return {"ip": CONF.my_block_storage_ip, "host": CONF.host, "initiator": "astrostack-local",

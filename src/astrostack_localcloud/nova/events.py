@@ -29,6 +29,7 @@ class ContainerEvent:
     action: str               # start, die
     exit_code: int = 0
     time_ns: int = 0
+    hypervisor: str = ""      # the container's LABEL_HYPERVISOR
 
 
 def parse_event(raw: dict) -> ContainerEvent | None:
@@ -38,7 +39,8 @@ def parse_event(raw: dict) -> ContainerEvent | None:
     action = raw.get("Action") or raw.get("status")
     if not instance_uuid or action not in ("start", "die"):
         return None
-    return ContainerEvent(instance_uuid, action, int(attributes.get("exitCode") or 0), int(raw.get("timeNano") or 0))
+    return ContainerEvent(instance_uuid, action, int(attributes.get("exitCode") or 0), int(raw.get("timeNano") or 0),
+                          attributes.get(naming.LABEL_HYPERVISOR, ""))
 
 
 class EventFollower:

@@ -19,7 +19,7 @@ from astrostack_localcloud import naming
 
 from . import vifs as vifs_module
 from .channel import ChannelServers
-from .containers import EXIT_GUEST_REBOOT, ContainerSpec, ContainerState, Docker, instance_uuid_of
+from .containers import EXIT_GUEST_REBOOT, ContainerSpec, ContainerState, Docker, hypervisor_of, instance_uuid_of
 from .errors import HypervisorError, PortNotWired
 from .events import ContainerEvent
 from .settings import Settings
@@ -88,7 +88,7 @@ class Hypervisor:
         memory = spec.memory_mb if spec.memory_mb >= self.settings.min_memory_limit_mb else 0
         return ContainerSpec(instance_uuid=spec.uuid, instance_name=spec.name, hostname=spec.hostname,
                              image=spec.image, nic_count=len(spec.nics), channel_dir=channel_dir,
-                             memory_mb=memory, nic_wait_s=self.settings.guest_nic_wait_s,
+                             hypervisor=self.label, memory_mb=memory, nic_wait_s=self.settings.guest_nic_wait_s,
                              stop_timeout_s=self.settings.stop_timeout_s)
 
     def boot(self, instance_uuid: str) -> ContainerState:
@@ -187,8 +187,23 @@ class Hypervisor:
     def container_state(self, instance_uuid: str) -> ContainerState | None:
         return self.docker.inspect(naming.instance_container(instance_uuid))
 
+    @property
+    def label(self) -> str:
+        """This hypervisor's LABEL_HYPERVISOR: its folder (two hypervisors on one engine are two folders)."""
+        return str(self.settings.local_dir)
+
+    def owns(self, instance_uuid: str, hypervisor_label: str) -> bool:
+        """Whether a server container is this hypervisor's (one labelled before the label existed is, if
+        this hypervisor has its state file)."""
+        if hypervisor_label:
+            return hypervisor_label == self.label
+        return self.store.path(instance_uuid).exists()
+
     def instance_uuids(self) -> list[str]:
-        return [uuid for uuid in map(instance_uuid_of, self.docker.instance_containers()) if uuid]
+        """The servers of this hypervisor that Docker has, in any state."""
+        entries = self.docker.instance_containers()
+        return [uuid for uuid, label in ((instance_uuid_of(e), hypervisor_of(e)) for e in entries)
+                if uuid and self.owns(uuid, label)]
 
     def console_output(self, instance_uuid: str) -> bytes:
         """The last bytes of the VM's tty (raw, as a serial console log)."""
@@ -217,7 +232,7 @@ class Hypervisor:
         """A guest that rebooted itself is booted again (a VM's reboot never stops it); True if so."""
         if event.action != "die" or event.exit_code != EXIT_GUEST_REBOOT:
             return False
-        if self.store.load(event.instance_uuid) is None:
+        if not self.owns(event.instance_uuid, event.hypervisor) or self.store.load(event.instance_uuid) is None:
             return False
         LOG.info("instance %s rebooted itself; booting it again", event.instance_uuid)
         try:
