@@ -6,6 +6,7 @@ at every step, so an interrupted command leaves a record that `status` and
 
 from __future__ import annotations
 
+import shutil
 import time
 import traceback
 import uuid
@@ -106,6 +107,7 @@ def _create(spec: ClusterSpec, heat: Heat, runtime: Runtime) -> tuple[state.Clus
         key_file, public_key = keys.ensure_cluster_key(spec.name)
         record.ssh_private_key_path = str(key_file)
     prepare_cloud(spec, heat, record, runtime)
+    shutil.rmtree(render_dir(spec.name), ignore_errors=True)  # astrostack's own folder: rendered afresh
     rendered = render(spec, render_dir(spec.name), ssh_public_key=public_key)
     state.record_phase(record, "stack")
     state.save(record)
@@ -378,7 +380,8 @@ def _delete_stack(name: str, cloud_name: str, heat: Heat, ref: StackRef, deadlin
     while True:
         try:
             heat.delete(ref)
-            heat.wait_gone(ref, max(1.0, deadline - runtime.clock()), clock=runtime.clock)
+            heat.wait_gone(ref, max(1.0, deadline - runtime.clock()), clock=runtime.clock,
+                           on_wait=lambda status, seconds: runtime.note(_deleting_note(name, status, seconds)))
             return
         except DeleteFailed as exc:
             reason = exc.reason
@@ -397,6 +400,14 @@ def _delete_stack(name: str, cloud_name: str, heat: Heat, ref: StackRef, deadlin
         if force:
             # Servers first: they hold ports and volume attachments Heat could not release.
             sweep(OpenStackSweeper(heat.conn), name)
+
+
+def _deleting_note(name: str, status: str, seconds: float) -> str:
+    note = f"deleting stack {name}: {status} for {seconds:.0f} s"
+    if status.startswith("CREATE_") or status.startswith("UPDATE_"):
+        # Heat lets the tasks of a failed action run on for its error_wait_time (240 s by default).
+        note += " (Heat first lets the failed action's tasks end: up to its error_wait_time)"
+    return note
 
 
 def down(name: str, *, cloud_name: Optional[str] = None, force: bool = False,

@@ -180,12 +180,19 @@ class Heat:
     # waiting --------------------------------------------------------------
 
     def wait_gone(self, ref: StackRef, deadline_s: float, *,
-                  clock: Callable[[], float] = time.monotonic, poll_s: float = 2.0) -> None:
+                  clock: Callable[[], float] = time.monotonic, poll_s: float = 2.0,
+                  on_wait: Optional[Callable[[str, float], None]] = None, say_every_s: float = 30.0) -> None:
         """Return once the stack is gone; :class:`DeleteFailed` if Heat says
-        DELETE_FAILED, :class:`WaitTimeout` at the deadline."""
-        deadline = clock() + deadline_s
+        DELETE_FAILED, :class:`WaitTimeout` at the deadline. ON_WAIT(status, seconds)
+        hears how it goes every SAY_EVERY_S seconds."""
+        started = clock()
+        deadline = started + deadline_s
         status = "DELETE_IN_PROGRESS"
+        said = started
         while clock() < deadline:
+            if on_wait is not None and clock() - said >= say_every_s:
+                said = clock()
+                on_wait(status, said - started)
             found = self.find(ref.name)
             if found is None or found.id != ref.id:
                 return

@@ -21,7 +21,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from astrostack import paths
-from astrostack.errors import AstrostackError, InvalidInput, UnknownCluster
+from astrostack.errors import AstrostackError, Busy, InvalidInput, UnknownCluster
 from astrostack.locks import pid_lock
 
 SCHEMA_VERSION = 1
@@ -38,8 +38,8 @@ class StateCorrupt(AstrostackError):
     """A state file exists but cannot be read as a cluster record."""
 
 
-class ClusterBusy(AstrostackError):
-    """Another astrostack process holds the cluster's lock."""
+class ClusterBusy(Busy):
+    """Another astrostack process holds the cluster's lock (exit 5, as every "busy")."""
 
 
 def utcnow() -> datetime:
