@@ -121,7 +121,7 @@ def main(workdir: Path) -> dict:
              listed=instance_uuid in driver.list_instance_uuids() and instance.name in driver.list_instances(),
              address=in_vm(instance_uuid, "ip -4 -o addr show eth0")[1],
              datasource=in_vm(instance_uuid, "cloud-init query v1.cloud_name")[1].strip())
-        console = driver.get_console_output(context, instance)
+        console = driver.get_console_output(context, instance).decode(errors="replace")
         step("console", console_has_cloud_init="Cloud-init v. 22.4.2 finished" in console,
              console_bytes=len(console))
 
