@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -23,6 +24,7 @@ from astrostack.local import clouds_yaml, commands, config, credentials, databas
 
 Progress = Callable[[str], None]
 API_TIMEOUT_S = 60
+IDENTITY_PARALLEL = 4
 COMPUTE_DEADLINE_S = 120
 
 ROLES = ("admin", "member", "reader", "service", "heat_stack_owner", "heat_stack_user")
@@ -156,36 +158,47 @@ def identity_phase(say: Progress) -> None:
 
 
 def create_identity(conn: Any) -> None:
+    """Roles, projects, users and their roles, Heat's domain, the catalog (each listed once: a find costs 2 calls)."""
     secrets = credentials.load()
     identity = conn.identity
-    roles = {name: _ensure(identity.find_role, identity.create_role, name, name=name) for name in ROLES}
+    roles = {role.name: role for role in identity.roles()}
+    for name in ROLES:
+        roles[name] = roles.get(name) or identity.create_role(name=name)
     default = identity.find_domain("default", ignore_missing=False)
-    service_project = _ensure_project(identity, "service", default.id)
-    for user in credentials.SERVICE_USERS:
-        account = _ensure_user(identity, user, secrets[f"keystone_{user}"], default.id, service_project.id)
+    projects = {project.name: project for project in identity.projects(domain_id=default.id)}
+    users = {user.name: user for user in identity.users(domain_id=default.id)}
+    service_project = _ensure_project(identity, projects, "service", default.id)
+    project = _ensure_project(identity, projects, "astrostack", default.id)
+
+    def service_user(name: str) -> None:
+        account = _ensure_user(identity, users, name, secrets[f"keystone_{name}"], default.id, service_project.id)
         for role in ("service", "admin"):
             identity.assign_project_role_to_user(service_project, account, roles[role])
-    project = _ensure_project(identity, "astrostack", default.id)
-    user = _ensure_user(identity, "astrostack", secrets["keystone_astrostack"], default.id, project.id)
-    for role in ASTROSTACK_ROLES:
-        identity.assign_project_role_to_user(project, user, roles[role])
-    admin = identity.find_user("admin", ignore_missing=False)
-    identity.assign_project_role_to_user(project, admin, roles["admin"])
-    create_heat_domain(identity, secrets, roles["admin"])
-    create_catalog(identity)
+
+    def astrostack_user() -> None:
+        user = _ensure_user(identity, users, "astrostack", secrets["keystone_astrostack"], default.id, project.id)
+        for role in ASTROSTACK_ROLES:
+            identity.assign_project_role_to_user(project, user, roles[role])
+        identity.assign_project_role_to_user(project, users["admin"], roles["admin"])
+
+    # Keystone hashes each password (bcrypt) and checks each assignment: in parallel, not one by one.
+    with ThreadPoolExecutor(max_workers=IDENTITY_PARALLEL) as pool:
+        futures = [pool.submit(service_user, name) for name in credentials.SERVICE_USERS]
+        futures += [pool.submit(astrostack_user), pool.submit(create_heat_domain, identity, secrets, roles["admin"]),
+                    pool.submit(create_catalog, identity)]
+        for future in futures:
+            future.result()
 
 
-def _ensure(find: Callable, create: Callable, name_or_id: str, **attrs: Any) -> Any:
-    return find(name_or_id, ignore_missing=True) or create(**attrs)
+def _ensure_project(identity: Any, existing: dict[str, Any], name: str, domain_id: str) -> Any:
+    return existing.get(name) or identity.create_project(name=name, domain_id=domain_id,
+                                                         description="astrostack local cloud")
 
 
-def _ensure_project(identity: Any, name: str, domain_id: str) -> Any:
-    return (identity.find_project(name, domain_id=domain_id, ignore_missing=True)
-            or identity.create_project(name=name, domain_id=domain_id, description="astrostack local cloud"))
-
-
-def _ensure_user(identity: Any, name: str, password: str, domain_id: str, project_id: str | None) -> Any:
-    user = identity.find_user(name, domain_id=domain_id, ignore_missing=True)
+def _ensure_user(identity: Any, existing: dict[str, Any], name: str, password: str, domain_id: str,
+                 project_id: str | None) -> Any:
+    """Create the user, or set the password of credentials.json on the one there."""
+    user = existing.get(name)
     if user is None:
         return identity.create_user(name=name, password=password, domain_id=domain_id,
                                     default_project_id=project_id)
@@ -194,9 +207,11 @@ def _ensure_user(identity: Any, name: str, password: str, domain_id: str, projec
 
 def create_heat_domain(identity: Any, secrets: dict[str, str], admin_role: Any) -> None:
     """The domain that holds Heat's stack users, and its admin (heat.conf stack_domain_admin)."""
-    domain = _ensure(identity.find_domain, identity.create_domain, "heat", name="heat",
-                     description="Owns users and projects created by heat")
-    admin = _ensure_user(identity, "heat_domain_admin", secrets["keystone_heat_domain_admin"], domain.id, None)
+    domain = identity.find_domain("heat", ignore_missing=True) or identity.create_domain(
+        name="heat", description="Owns users and projects created by heat")
+    users = {user.name: user for user in identity.users(domain_id=domain.id)}
+    admin = _ensure_user(identity, users, "heat_domain_admin", secrets["keystone_heat_domain_admin"], domain.id,
+                         None)
     identity.assign_domain_role_to_user(domain, admin, admin_role)
 
 
