@@ -1,8 +1,9 @@
 #!/bin/bash
-# The main job (README command 1), on a fresh Debian 12 machine as root:
-# set up, start the local cloud, build the images, bring up
-# examples/local.yaml (3 hosts, 12 nodes), run a real MPI job across every
-# node, show the status, tear it down, and print the time of each phase.
+# The main job (README command 1), on a fresh Debian 12 machine as root: set
+# up, start the local cloud (a real OpenStack on this machine; the first start
+# installs it), build the MPI image, bring up examples/local.yaml (3 hosts,
+# 12 nodes) exactly as on a real cloud, run an MPI job across every node, show
+# the status, tear it down, and print the time of each phase.
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 SPEC=${1:-examples/local.yaml}
@@ -23,13 +24,13 @@ phase "set-up (packages, venv)" bash scripts/setup.sh
 AS=.venv/bin/astrostack
 NAME=$("$AS" spec show "$SPEC" --field name)
 phase "local cloud start" "$AS" local start
-phase "images (vm, mpi-base)" "$AS" image build vm mpi-base
-cleanup() { "$AS" down "$NAME" >/dev/null 2>&1 || true; }
+phase "MPI image" "$AS" image build mpi-base
+cleanup() { "$AS" down "$NAME" --yes >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 phase "up $NAME" "$AS" up "$SPEC"
 phase "MPI job on every node" "$AS" exec "$NAME" --mpi -- /usr/local/bin/mpi_smoke
 phase "status" "$AS" status "$NAME"
-phase "down" "$AS" down "$NAME"
+phase "down" "$AS" down "$NAME" --yes
 trap - EXIT
 
 echo

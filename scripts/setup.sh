@@ -1,8 +1,8 @@
 #!/bin/bash
 # Everything astrostack needs on a fresh Debian 12 machine (as root), once:
 # Debian packages, the project's venv (.venv) with astrostack installed.
-# Idempotent: a second run only checks. The local cloud (Docker engine, Heat
-# engine, images) is prepared by `astrostack local start` / `local images`.
+# Idempotent: a second run only checks. The local cloud (a real OpenStack,
+# its Debian packages, its VM image) is prepared by `astrostack local start`.
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 

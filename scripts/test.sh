@@ -1,12 +1,16 @@
 #!/bin/bash
-# The test command (README command 2, and what .ci/run calls): sets up
-# everything on a fresh Debian 12 machine, starts the Docker engine, then runs
-# lint, unit and functional tests (the functional ones bring up the real
-# local cloud: Heat engine, container-VMs, Swarm, Open MPI).
+# The test command (README command 2, and what .ci/run calls), on a fresh
+# Debian 12 machine as root: set everything up (Debian packages, .venv), start
+# the local cloud (the first start installs a real OpenStack from PyPI and
+# builds the VM image), check that the built wheel works outside the checkout,
+# then run lint, unit and functional tests. The functional tests deploy real
+# clusters on the local cloud: Heat, Nova servers that are container-VMs
+# running cloud-init, Neutron's data plane, a real Swarm and Open MPI.
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/python -c 'from astrostack.local.dockerd import ensure_dockerd; ensure_dockerd()'
-# Functional tests must not skip for want of Docker here: they fail instead.
+.venv/bin/astrostack local start
+bash scripts/check_wheel.sh
+# Functional tests must not skip for want of the local cloud here: they fail instead.
 export ASTROSTACK_REQUIRE_LOCAL_CLOUD=1
 exec .venv/bin/tox -e lint,unit,functional -- "$@"
