@@ -331,6 +331,16 @@ def test_a_client_outside_the_export_list_is_refused_like_mount_nfs(lab, exporte
     assert f"access denied by server while mounting {exported.ip}:/export/share" in output
 
 
+def test_a_symlink_in_an_export_does_not_lead_out_of_it(lab, exported):
+    client = lab.vms["t2-client"]
+    lab.run(exported, "ln -sfn /etc /export/share/escape")
+
+    code, output = lab.run(client, f"mkdir -p /mnt/escape && mount -t nfs4 {exported.ip}:/export/share/escape "
+                                   "/mnt/escape", check=False)
+
+    assert code == 32 and "access denied" in output
+
+
 def test_the_mount_fails_when_the_servers_port_2049_is_blocked(lab, exported):
     client = lab.vms["t2-client"]
     lab.run(exported, "iptables -I INPUT -p tcp --dport 2049 -j DROP")

@@ -114,6 +114,9 @@ def test_a_server_boots_runs_cloud_init_powers_itself_off_and_is_deleted(conn, n
         assert in_vm(server.id, "cat /root/t2-marker").strip() == "t2 user-data ran"
         assert network["keypair"].public_key.split()[1] in in_vm(server.id, "cat /home/debian/.ssh/authorized_keys")
 
+        _attach_a_volume_and_see_it(conn, server)
+        _reboot_and_get_the_address_again(conn, server)
+
         in_vm(server.id, "(sleep 1; poweroff -f) >/dev/null 2>&1 &")
         off_at = time.monotonic()
         conn.compute.wait_for_server(server, status="SHUTOFF", failures=["ERROR"], interval=1, wait=60)
@@ -125,6 +128,39 @@ def test_a_server_boots_runs_cloud_init_powers_itself_off_and_is_deleted(conn, n
     leftovers = subprocess.run(["docker", "ps", "-aq", "--filter", f"label={naming.LABEL_INSTANCE}={server.id}"],
                                capture_output=True, text=True, timeout=30).stdout.strip()
     assert leftovers == ""
+
+
+def _attach_a_volume_and_see_it(conn, server) -> None:
+    volume = conn.block_storage.create_volume(size=1, name=f"{server.name}-volume")
+    try:
+        conn.block_storage.wait_for_status(volume, "available", failures=["error"], wait=timeout_s())
+        attachment = conn.compute.create_volume_attachment(server, volume_id=volume.id)
+        conn.block_storage.wait_for_status(volume, "in-use", failures=["error"], wait=timeout_s())
+        device = in_vm(server.id, f"readlink -f /dev/disk/by-id/virtio-{volume.id[:20]}").strip()
+        assert (attachment.device, device) == ("/dev/vdb", "/dev/vdb")
+        assert in_vm(server.id, "mkfs.ext4 -q /dev/vdb && echo formatted").strip() == "formatted"
+        conn.compute.delete_volume_attachment(server, volume.id)
+        conn.block_storage.wait_for_status(volume, "available", failures=["error"], wait=timeout_s())
+        assert in_vm(server.id, "test -e /dev/vdb || echo gone").strip() == "gone"
+    finally:
+        conn.block_storage.delete_volume(volume, ignore_missing=True)
+
+
+def _reboot_and_get_the_address_again(conn, server) -> None:
+    address = next(a["addr"] for addresses in server.addresses.values() for a in addresses)
+    booted = _started_at(server.id)
+    conn.compute.reboot_server(server, "SOFT")
+    # the API answers ACTIVE until the reboot begins: wait for the new boot, then for Nova
+    wait_until("the VM booted again", lambda: _started_at(server.id) not in (booted, ""), poll_s=1)
+    wait_until("the reboot finished in Nova", lambda: (
+        current := conn.compute.get_server(server)).status == "ACTIVE" and current.task_state is None, poll_s=1)
+    wait_until(f"{address} on eth0 after the reboot",
+               lambda: f"inet {address}/" in in_vm(server.id, "ip -4 -o addr show dev eth0"))
+
+
+def _started_at(server_id: str) -> str:
+    return subprocess.run(["docker", "inspect", "-f", "{{.State.StartedAt}}", naming.instance_container(server_id)],
+                          capture_output=True, text=True, timeout=30).stdout.strip()
 
 
 def _base64(text: str) -> str:

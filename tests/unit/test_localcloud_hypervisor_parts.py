@@ -92,12 +92,35 @@ def test_state_updates_and_deletion(tmp_path: Path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_an_unreadable_state_file_is_named(tmp_path: Path):
+    (tmp_path / f"{UUID}.json").write_text("{half")
+
+    with pytest.raises(HypervisorError, match=f"{UUID}.json is unreadable"):
+        StateStore(tmp_path).load(UUID)
+
+
 def test_volumes_by_mountpoint():
     state = a_state()
     replaced = state.with_volume(AttachedVolume("v2", "/f2", "/dev/vdb"))
 
     assert state.volume_at("/dev/vdb").volume_id == VOLUME
     assert [v.volume_id for v in replaced.volumes] == ["v2"]
+
+
+# --- the tree a client gets --------------------------------------------------------------------
+
+
+def test_a_source_must_stay_inside_its_export(tmp_path: Path):
+    from astrostack_localcloud.nova import mountns
+
+    (tmp_path / "export" / "data").mkdir(parents=True)
+    (tmp_path / "export" / "out").symlink_to(tmp_path)
+
+    assert mountns.resolve_within(str(tmp_path / "export" / "data"), str(tmp_path / "export")) == str(
+        tmp_path / "export" / "data")
+    with pytest.raises(mountns.MountNsError) as outside:
+        mountns.resolve_within(str(tmp_path / "export" / "out"), str(tmp_path / "export"))
+    assert outside.value.exit_code == mountns.EXIT_OUTSIDE_EXPORT
 
 
 # --- volumes -----------------------------------------------------------------------------------

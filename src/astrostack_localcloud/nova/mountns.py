@@ -6,11 +6,13 @@ them); ``move_mount`` in the client's mount namespace attaches it at the
 mount point. ``setns`` into a mount namespace refuses a multi-threaded
 process, and nova-compute has threads, so this runs as its own process:
 
-    python -m astrostack_localcloud.nova.mountns attach SOURCE_PID SOURCE TARGET_PID TARGET [--read-only]
+    python -m astrostack_localcloud.nova.mountns attach SOURCE_PID SOURCE TARGET_PID TARGET --within EXPORT [--read-only]
     python -m astrostack_localcloud.nova.mountns detach TARGET_PID TARGET
 
+SOURCE is resolved (symbolic links followed) in the server's namespace and
+must stay inside EXPORT, as mountd checks the real path it would serve.
 Exit status: 0 done, 3 the source is missing, 4 the target is missing,
-1 any other failure (one line on stderr), 2 usage.
+5 the source leaves the export, 1 any other failure (one line on stderr), 2 usage.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ MOVE_MOUNT_F_EMPTY_PATH = 0x4
 MOUNT_ATTR_RDONLY = 0x1
 CLONE_NEWNS = 0x00020000
 MNT_DETACH = 0x2
-EXIT_SOURCE_MISSING, EXIT_TARGET_MISSING = 3, 4
+EXIT_SOURCE_MISSING, EXIT_TARGET_MISSING, EXIT_OUTSIDE_EXPORT = 3, 4, 5
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -92,11 +94,21 @@ def move_tree(tree_fd: int, target: str) -> None:
            f"move_mount to {target}", EXIT_TARGET_MISSING)
 
 
-def attach(source_pid: int, source: str, target_pid: int, target: str, read_only: bool) -> None:
+def resolve_within(source: str, export: str) -> str:
+    """SOURCE's real path, if it is EXPORT's real path or below it (a symlink must not lead out)."""
+    real_source, real_export = os.path.realpath(source), os.path.realpath(export)
+    if not os.path.exists(real_source):
+        raise MountNsError(f"{source} does not exist", EXIT_SOURCE_MISSING)
+    if os.path.commonpath([real_source, real_export]) != real_export:
+        raise MountNsError(f"{source} is {real_source}, outside the export {export}", EXIT_OUTSIDE_EXPORT)
+    return real_source
+
+
+def attach(source_pid: int, source: str, target_pid: int, target: str, read_only: bool, within: str) -> None:
     # Both namespace files first: once inside a VM, this machine's /proc is not visible.
     source_ns, target_ns = open_namespace(source_pid), open_namespace(target_pid)
     enter(source_ns, source_pid)
-    tree = clone_tree(source, read_only)
+    tree = clone_tree(resolve_within(source, within), read_only)
     enter(target_ns, target_pid)
     move_tree(tree, target)
 
@@ -116,6 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     attach_cmd.add_argument("source")
     attach_cmd.add_argument("target_pid", type=int)
     attach_cmd.add_argument("target")
+    attach_cmd.add_argument("--within", required=True)
     attach_cmd.add_argument("--read-only", action="store_true")
     detach_cmd = commands.add_parser("detach")
     detach_cmd.add_argument("target_pid", type=int)
@@ -123,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "attach":
-            attach(args.source_pid, args.source, args.target_pid, args.target, args.read_only)
+            attach(args.source_pid, args.source, args.target_pid, args.target, args.read_only, args.within)
         else:
             detach(args.target_pid, args.target)
     except MountNsError as exc:

@@ -87,20 +87,25 @@ class Shares:
             raise ChannelRefused(f"{server_ip}:{path} is not exported to {source_address} ({client.hostname})",
                                  reason)
         read_only = access.read_only or bool(request.get("read_only"))
-        self._attach_tree(server, path, client, self._namespace_pid(client, peer_pid), target, read_only)
+        self._attach_tree(server, path, access.export_path, client, self._namespace_pid(client, peer_pid), target,
+                          read_only)
         self.store.update(instance_uuid, lambda state: state.with_share(
             ShareMount(server.uuid, path, target, read_only)))
         LOG.info("attached %s:%s (instance %s) at %s in instance %s%s", server_ip, path, server.uuid, target,
                  instance_uuid, " read-only" if read_only else "")
         return {"ok": True, "read_only": read_only, "export": access.export_path}
 
-    def _attach_tree(self, server: InstanceState, path: str, client: InstanceState, client_pid: int,
-                     target: str, read_only: bool) -> None:
+    def _attach_tree(self, server: InstanceState, path: str, export_path: str, client: InstanceState,
+                     client_pid: int, target: str, read_only: bool) -> None:
         server_pid = self._running_pid(server)
-        args = ["attach", str(server_pid), path, str(client_pid), target] + (["--read-only"] if read_only else [])
+        args = ["attach", str(server_pid), path, str(client_pid), target, "--within", export_path]
+        args += ["--read-only"] if read_only else []
         done = self._helper(args, f"attach {path} of instance {server.uuid} at {target} of {client.uuid}")
         if done.returncode == mountns.EXIT_SOURCE_MISSING:
             raise ChannelRefused(f"{path} does not exist on instance {server.uuid}", "no-export")
+        if done.returncode == mountns.EXIT_OUTSIDE_EXPORT:
+            raise ChannelRefused(f"{path} on instance {server.uuid} leads outside its export {export_path}",
+                                 "denied")
         if done.returncode == mountns.EXIT_TARGET_MISSING:
             raise ChannelRefused(f"mount point {target} does not exist", "target")
         if done.returncode != 0:

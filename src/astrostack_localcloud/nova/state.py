@@ -20,6 +20,8 @@ from pathlib import Path
 
 from astrostack_localcloud import naming
 
+from .errors import HypervisorError
+
 FORMAT_VERSION = 1
 
 
@@ -128,10 +130,13 @@ class StateStore:
         return self.directory / f"{instance_uuid}.json"
 
     def load(self, instance_uuid: str) -> InstanceState | None:
+        path = self.path(instance_uuid)
         try:
-            return InstanceState.from_json(json.loads(self.path(instance_uuid).read_text()))
+            return InstanceState.from_json(json.loads(path.read_text()))
         except FileNotFoundError:
             return None
+        except (ValueError, TypeError) as exc:
+            raise HypervisorError(f"state file {path} is unreadable: {exc}") from exc
 
     def save(self, state: InstanceState) -> None:
         with self._lock:
