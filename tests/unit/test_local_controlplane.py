@@ -151,8 +151,8 @@ def test_external_network_follows_the_cidr_setting(monkeypatch):
 def test_nat_rules_masquerade_the_range_out_of_other_interfaces():
     rules = external_net.nat_rules("172.24.4.0/24", "astro-ex")
     masquerade = [rule for table, chain, rule in rules if (table, chain) == ("nat", "POSTROUTING")]
-    assert masquerade == [["-s", "172.24.4.0/24", "!", "-o", "astro-ex", "-m", "comment", "--comment",
-                           external_net.COMMENT, "-j", "MASQUERADE"]]
+    assert masquerade == [["-s", "172.24.4.0/24", "!", "-o", "astro-ex", "-m", "physdev", "!", "--physdev-is-bridged",
+                           "-m", "comment", "--comment", external_net.COMMENT, "-j", "MASQUERADE"]]
     forward = [rule for table, chain, rule in rules if chain == "FORWARD"]
     assert {tuple(rule[:2]) for rule in forward} == {("-s", "172.24.4.0/24"), ("-d", "172.24.4.0/24")}
 

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import yaml
 
+from astrostack import cloud
 from astrostack.errors import LocalCloudError
 from astrostack.local import credentials, layout
 
-USER_CLOUD = "astrostack-local"
-ADMIN_CLOUD = "astrostack-local-admin"
+USER_CLOUD = cloud.LOCAL_CLOUD_ENTRY
+ADMIN_CLOUD = cloud.LOCAL_ADMIN_ENTRY
 CONFIG_ENV = "OS_CLIENT_CONFIG_FILE"
 
 

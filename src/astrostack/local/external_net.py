@@ -67,7 +67,9 @@ def nat_rules(cidr: str, bridge: str) -> list[tuple[str, str, list[str]]]:
     """(table, chain, rule) of every iptables rule the external network needs."""
     tag = ["-m", "comment", "--comment", COMMENT]
     return [
-        ("nat", "POSTROUTING", ["-s", cidr, "!", "-o", bridge, *tag, "-j", "MASQUERADE"]),
+        # Not bridged traffic (a tenant bridge's packets pass POSTROUTING through br_netfilter too).
+        ("nat", "POSTROUTING", ["-s", cidr, "!", "-o", bridge, "-m", "physdev", "!", "--physdev-is-bridged",
+                                *tag, "-j", "MASQUERADE"]),
         ("filter", "FORWARD", ["-s", cidr, *tag, "-j", "ACCEPT"]),
         ("filter", "FORWARD", ["-d", cidr, *tag, "-j", "ACCEPT"]),
     ]

@@ -48,6 +48,8 @@ DEBIAN_PACKAGES = {
     "/usr/bin/docker-registry": "docker-registry",
     "/usr/sbin/dockerd": "docker.io",
     "/usr/bin/curl": "curl",
+    # The network agent clears a floating IP's conntrack entries when it moves.
+    "/usr/sbin/conntrack": "conntrack",
     # The VM image is built FROM a debootstrapped base image (astrostack.images).
     "/usr/sbin/debootstrap": "debootstrap",
 }
