@@ -35,6 +35,7 @@ pytestmark = pytest.mark.functional
 
 IMAGE = "astrostack/vm:latest"
 NETWORK_INDEX = 31
+SECOND_NETWORK_INDEX = 33
 MTU = 1450
 POLL_S = 0.5
 
@@ -77,6 +78,7 @@ class Lab:
     def __init__(self, workdir: Path, docker_client, public_key: str):
         self.workdir, self.docker, self.public_key = workdir, docker_client, public_key
         self.network = T2Network(NETWORK_INDEX, workdir / "net", mtu=MTU)
+        self.second_network = T2Network(SECOND_NETWORK_INDEX, workdir / "net2", mtu=MTU)
         self.settings = Settings(local_dir=workdir / "local", port_wired_timeout_s=10)
         self.hypervisor = Hypervisor(self.settings)
         self.events: list = []
@@ -97,25 +99,31 @@ class Lab:
         wait_until(f"{vm.spec.hostname} has {vm.ip} on eth0",
                    lambda: f"inet {vm.ip}/" in self.run(vm, "ip -4 -o addr show dev eth0", check=False)[1])
 
-    def define(self, hostname: str, host_number: int) -> VM:
-        port_id = "t2" + uuid.uuid4().hex[:6] + "-" + str(uuid.uuid4())[9:]
-        mac = "fa:16:3e:%02x:%02x:%02x" % (NETWORK_INDEX, host_number, os.getpid() % 256)
-        ip = self.network.address(host_number)
-        nic = Nic(port_id, "t2-network", mac, MTU, (ip,), bridge_name=self.network.bridge)
+    @property
+    def networks(self) -> tuple[T2Network, T2Network]:
+        return self.network, self.second_network
+
+    def define(self, hostname: str, host_number: int, network_count: int = 1) -> VM:
+        networks = self.networks[:network_count]
+        nics = tuple(Nic("t2" + uuid.uuid4().hex[:6] + "-" + str(uuid.uuid4())[9:], f"t2-network-{net.index}",
+                         "fa:16:3e:%02x:%02x:%02x" % (net.index, host_number, os.getpid() % 256), MTU,
+                         (net.address(host_number),), bridge_name=net.bridge) for net in networks)
         spec = VMSpec(uuid=str(uuid.uuid4()), name=f"instance-{hostname}", hostname=hostname, image=IMAGE,
-                      nics=(nic,), memory_mb=1024)
-        self.network.add_guest(Guest(mac, ip, hostname, self._metadata(spec, nic)))
-        self.vms[hostname] = VM(spec, ip)
+                      nics=nics, memory_mb=1024)
+        files = self._metadata(spec)
+        for net, nic in zip(networks, nics):
+            net.add_guest(Guest(nic.mac, nic.fixed_ips[0], hostname, files))
+        self.vms[hostname] = VM(spec, nics[0].fixed_ips[0])
         return self.vms[hostname]
 
-    def _metadata(self, spec: VMSpec, nic: Nic) -> dict:
+    def _metadata(self, spec: VMSpec) -> dict:
         meta = {"uuid": spec.uuid, "name": spec.hostname, "hostname": spec.hostname, "availability_zone": "nova",
                 "launch_index": 0, "project_id": "t2", "public_keys": {"t2-key": self.public_key},
                 "keys": [{"name": "t2-key", "type": "ssh", "data": self.public_key}]}
         network = {"links": [{"id": nic.tap, "type": "bridge", "ethernet_mac_address": nic.mac, "mtu": MTU,
-                              "vif_id": nic.port_id}],
-                   "networks": [{"id": "network0", "type": "ipv4_dhcp", "link": nic.tap,
-                                 "network_id": nic.network_id}],
+                              "vif_id": nic.port_id} for nic in spec.nics],
+                   "networks": [{"id": f"network{index}", "type": "ipv4_dhcp", "link": nic.tap,
+                                 "network_id": nic.network_id} for index, nic in enumerate(spec.nics)],
                    "services": []}
         user_data = ("#cloud-config\nruncmd:\n"
                      f"  - [sh, -c, 'echo user-data of {spec.hostname} ran > /root/t2-user-data']\n")
@@ -124,9 +132,10 @@ class Lab:
     def boot_all(self) -> None:
         ports = self.settings.ports_dir
         ports.mkdir(parents=True, exist_ok=True)
-        for vm in self.vms.values():          # what the network agent writes once a port is wired
-            (ports / vm.nic.port_id).write_text(json.dumps({"mac": vm.nic.mac, "ips": list(vm.nic.fixed_ips)}))
-        self.network.serve()
+        for nic in (nic for vm in self.vms.values() for nic in vm.spec.nics):   # what the network agent writes
+            (ports / nic.port_id).write_text(json.dumps({"mac": nic.mac, "ips": list(nic.fixed_ips)}))
+        for network in self.networks:
+            network.serve()
         self.follower.start()
         for vm in self.vms.values():
             vm.booted_at = time.monotonic()
@@ -156,7 +165,8 @@ class Lab:
         if self.follower._thread.is_alive():
             self.follower.stop()
         self.hypervisor.close()
-        self.network.close()
+        for network in self.networks:
+            network.close()
 
 
 def sweep_stale_t2_vms(docker_client) -> None:
@@ -183,11 +193,13 @@ def lab(docker_client, tmp_path_factory):
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "t2-key", "-f", str(workdir / "key")],
                    check=True, timeout=30)
     lab = Lab(workdir, docker_client, (workdir / "key.pub").read_text().strip())
-    lab.network.open()
+    for network in lab.networks:
+        network.open()
     try:
         lab.define("t2-nfs", 10)
         lab.define("t2-client", 11)
         lab.define("t2-outsider", 12)
+        lab.define("t2-two-nics", 13, network_count=2)
         lab.boot_all()
         for vm in lab.vms.values():
             print(f"{vm.spec.hostname}: cloud-init done {vm.ready_after_s:.1f} s after spawn")
@@ -252,6 +264,14 @@ def test_eth0_got_its_dhcp_address_and_the_network_mtu(lab):
         _, mac = lab.run(vm, "cat /sys/class/net/eth0/address")
         assert f"inet {vm.ip}/24" in address and "dynamic" in address, address
         assert (mtu.strip(), mac.strip()) == (str(MTU), vm.nic.mac)
+
+
+def test_a_vm_with_two_vifs_gets_eth0_and_eth1_in_order_each_by_dhcp(lab):
+    vm = lab.vms["t2-two-nics"]
+
+    for index, nic in enumerate(vm.spec.nics):
+        _, address = lab.run(vm, f"ip -4 -o addr show dev eth{index}; cat /sys/class/net/eth{index}/address")
+        assert f"inet {nic.fixed_ips[0]}/24" in address and nic.mac in address, address
 
 
 def test_the_default_user_has_the_key_and_passwordless_sudo(lab):
@@ -439,7 +459,7 @@ def test_destroy_leaves_nothing(lab, nfs_volume):
     containers = [c for c in lab.docker.containers.list(all=True, filters={"label": naming.LABEL_INSTANCE})
                   if c.labels.get(naming.LABEL_INSTANCE) in uuids]
     volumes = [v.name for v in lab.docker.volumes.list() if any(u in v.name for u in uuids)]
-    links = [name for vm in lab.vms.values() for name in (vm.nic.tap, vm.nic.staged)
+    links = [name for vm in lab.vms.values() for nic in vm.spec.nics for name in (nic.tap, nic.staged)
              if Path(f"/sys/class/net/{name}").exists()]
     loops = subprocess.run(["losetup", "-j", nfs_volume.device_path], capture_output=True, text=True,
                            timeout=30).stdout
