@@ -171,6 +171,10 @@ def main(workdir: Path) -> dict:
              leftovers=subprocess.run(["docker", "ps", "-aq", "--filter", f"label={naming.LABEL_INSTANCE}={instance_uuid}"],
                                       capture_output=True, text=True, timeout=30).stdout.strip(),
              tap_left=Path(f"/sys/class/net/{tap}").exists())
+
+        CONF.set_override("remove_unused_original_minimum_age_seconds", 0, group="image_cache")
+        driver.manage_image_cache(context, [])
+        step("image cache", pruned=not driver.hypervisor.docker.image_exists(naming.glance_image_reference(image_id)))
     except Exception as exc:  # the test wants the finding, not a traceback on stderr only
         findings["error"] = f"{type(exc).__name__}: {exc}"
         findings["traceback"] = traceback.format_exc()

@@ -79,3 +79,7 @@ def test_a_guest_poweroff_is_a_stopped_lifecycle_event_within_seconds(findings):
 def test_destroy_leaves_nothing(findings):
     assert findings["not_found_after_destroy"]
     assert findings["leftovers"] == "" and not findings["tap_left"]
+
+
+def test_the_image_cache_pass_removes_an_image_no_server_uses(findings):
+    assert findings["pruned"]

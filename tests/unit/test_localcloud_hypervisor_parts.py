@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -241,3 +242,36 @@ def test_a_hypervisor_owns_its_labelled_servers_and_unlabelled_ones_it_has_state
     assert hypervisor.owns("any", str(tmp_path))
     assert not hypervisor.owns(UUID, "/another/hypervisor")
     assert hypervisor.owns(UUID, "") and not hypervisor.owns("unknown", "")
+
+
+# --- the image cache ---------------------------------------------------------------------------
+
+
+class CachedImages:
+    """The two calls of the Docker engine that pruning makes, on a set of tags."""
+
+    def __init__(self, *image_ids: str):
+        self.tags = {naming.glance_image_reference(image_id) for image_id in image_ids}
+
+    def references(self, repository: str) -> list[str]:
+        return sorted(tag for tag in self.tags if tag.startswith(repository + ":"))
+
+    def remove_image(self, reference: str) -> None:
+        self.tags.discard(reference)
+
+
+def test_prune_removes_only_images_unused_for_long_enough(tmp_path: Path):
+    from astrostack_localcloud.nova.glance_images import ImageCache
+
+    docker = CachedImages("in-use", "old", "recent", "unmarked")
+    cache = ImageCache(docker, tmp_path)
+    now = 10_000.0
+    for image_id, last_used in (("in-use", 0), ("old", 0), ("recent", now - 10)):
+        (tmp_path / f"{image_id}.used").touch()
+        os.utime(tmp_path / f"{image_id}.used", (last_used, last_used))
+
+    removed = cache.prune({"in-use"}, min_age_s=3600, clock=lambda: now)
+
+    assert removed == ["old"]
+    assert docker.tags == {naming.glance_image_reference(i) for i in ("in-use", "recent", "unmarked")}
+    assert (tmp_path / "unmarked.used").exists() and not (tmp_path / "old.used").exists()

@@ -212,6 +212,16 @@ class Docker:
         except Missing:
             return False
 
+    def references(self, repository: str) -> list[str]:
+        """Every tag of REPOSITORY (repository:tag)."""
+        entries = self._call(f"list images of {repository}", self.api.images, name=repository)
+        return [tag for entry in entries for tag in entry.get("RepoTags") or () if tag.startswith(repository + ":")]
+
+    def remove_image(self, reference: str) -> None:
+        """Untag REFERENCE (its layers go when nothing else uses them)."""
+        with contextlib.suppress(Missing):
+            self._call(f"remove image {reference}", self.api.remove_image, reference)
+
     def load_image(self, archive: Path, reference: str) -> None:
         """``docker load`` an archive of one image and tag it REFERENCE."""
         with archive.open("rb") as data:

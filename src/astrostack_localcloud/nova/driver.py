@@ -102,7 +102,7 @@ def host_memory_mb() -> int:
 
 class ContainerDriver(fake.FakeDriverWithoutFakeNodes):
     capabilities = {**fake.FakeDriver.capabilities, **dict.fromkeys(UNSUPPORTED, False),
-                    "has_imagecache": False}
+                    "has_imagecache": True}
 
     def __init__(self, virtapi, read_only=False):
         self.settings = settings_from_conf()
@@ -263,6 +263,16 @@ class ContainerDriver(fake.FakeDriverWithoutFakeNodes):
             return self._call(instance, self.hypervisor.console_output, instance.uuid)
         except exception.InstanceNotFound:
             raise exception.ConsoleNotAvailable() from None
+
+    def manage_image_cache(self, context, all_instances):
+        in_use = {instance.image_ref for instance in all_instances if instance.image_ref}
+        try:
+            removed = self.images.prune(in_use, CONF.image_cache.remove_unused_original_minimum_age_seconds)
+        except HypervisorError as exc:
+            LOG.warning("image cache pass: %s", exc)
+            return
+        for image_id in removed:
+            LOG.info("removed unused cached image %s", image_id)
 
     # --- what Nova must not believe works --------------------------------------------------------
 
