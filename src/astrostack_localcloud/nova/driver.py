@@ -101,6 +101,8 @@ def host_memory_mb() -> int:
 
 
 class ContainerDriver(fake.FakeDriverWithoutFakeNodes):
+    """Nova's servers as systemd container-VMs (see the module's docstring)."""
+
     capabilities = {**fake.FakeDriver.capabilities, **dict.fromkeys(UNSUPPORTED, False),
                     "has_imagecache": True}
 
@@ -114,7 +116,7 @@ class ContainerDriver(fake.FakeDriverWithoutFakeNodes):
             hypervisor_type="docker",
             supported_instances=[(obj_fields.Architecture.X86_64, obj_fields.HVType.DOCKER, obj_fields.VMMode.EXE)])
         self.hypervisor = Hypervisor(self.settings)
-        self.images = ImageCache(self.hypervisor.docker, self.settings.images_dir)
+        self.image_cache = ImageCache(self.hypervisor.docker, self.settings.images_dir)
         self._events: EventFollower | None = None
 
     @staticmethod
@@ -191,7 +193,7 @@ class ContainerDriver(fake.FakeDriverWithoutFakeNodes):
             LOG.warning("Neutron did not report the VIFs plugged; booting anyway", instance=instance)
         if power_on:
             self._boot_new_guest(instance)
-        LOG.info("Instance spawned as container %s", instance.uuid, instance=instance)
+        LOG.info("Instance spawned as container %s", naming.instance_container(instance.uuid), instance=instance)
 
     def _spawn_guest(self, instance, spec: VMSpec, volumes) -> None:
         """Create the VM, its VIFs plugged and wired and its volumes attached, not yet booted."""
@@ -220,7 +222,7 @@ class ContainerDriver(fake.FakeDriverWithoutFakeNodes):
             raise exception.ImageUnacceptable(image_id=image_meta.id, reason=(
                 f"container_format is {image_meta.container_format}; this hypervisor runs only "
                 f"container_format {DOCKER_CONTAINER_FORMAT} (a docker save archive)"))
-        return self._call(instance, self.images.ensure, image_meta.id,
+        return self._call(instance, self.image_cache.ensure, image_meta.id,
                           lambda path: images.fetch(context, image_meta.id, str(path)))
 
     def destroy(self, context, instance, network_info, block_device_info=None, destroy_disks=True,
@@ -267,7 +269,7 @@ class ContainerDriver(fake.FakeDriverWithoutFakeNodes):
     def manage_image_cache(self, context, all_instances):
         in_use = {instance.image_ref for instance in all_instances if instance.image_ref}
         try:
-            removed = self.images.prune(in_use, CONF.image_cache.remove_unused_original_minimum_age_seconds)
+            removed = self.image_cache.prune(in_use, CONF.image_cache.remove_unused_original_minimum_age_seconds)
         except HypervisorError as exc:
             LOG.warning("image cache pass: %s", exc)
             return
