@@ -118,9 +118,9 @@ def test_unreadable_status_is_reported_not_guessed():
 def test_missing_lines_name_feature_substitute_and_evidence():
     lines = preflight.missing(preflight.run_preflight(view(light_vm())))
     assert len(lines) == 5
-    assert lines[2] == ("kernel NFS client: missing -> a host directory bind-mounted into every "
-                        "VM (server metadata astrostack_shared_mount) (nfs/nfs4 not in "
-                        "/proc/filesystems and no such module)")
+    assert lines[2] == ("kernel NFS client: missing -> the VM image's mount.nfs4: a real TCP connect to "
+                        "SERVER:2049, then the hypervisor attaches the server VM's exported tree "
+                        "(images/vm/README.md) (nfs/nfs4 not in /proc/filesystems and no such module)")
 
 
 def test_real_host_runs_without_error():

@@ -113,7 +113,8 @@ def check_encrypted_overlay(view: HostView) -> Feature:
                   else "esp4 not visible (no module list)" if not modules else "no esp4 module")
     detail = f"xfrm {'present' if has_xfrm else 'absent'}; gcm(aes) {gcm_detail}; {esp_detail}"
     return Feature("encrypted overlay (ESP/AES-GCM)", available,
-                   "plain overlay networks: traffic between local VMs never leaves this machine",
+                   "overlay.encrypted auto: the manager finds no ESP with AES-GCM in its kernel, creates "
+                   "the overlay plain and says so (its traffic never leaves this machine); true fails",
                    detail)
 
 
@@ -138,20 +139,21 @@ def check_ipvs(view: HostView) -> Feature:
     else:
         available, detail = False, "no /proc/net/ip_vs and no ip_vs module"
     return Feature("IPVS (service VIPs, routing mesh)", available,
-                   "services use --endpoint-mode dnsrr and mode=host published ports", detail)
+                   "none needed: astrostack's services use --endpoint-mode dnsrr on every cloud", detail)
 
 
 def check_nfs_client(view: HostView) -> Feature:
     """Kernel NFS client (``mount -t nfs``)."""
     return _filesystem_feature(view, "kernel NFS client", ("nfs", "nfs4"),
-                               "a host directory bind-mounted into every VM "
-                               "(server metadata astrostack_shared_mount)")
+                               "the VM image's mount.nfs4: a real TCP connect to SERVER:2049, then the "
+                               "hypervisor attaches the server VM's exported tree (images/vm/README.md)")
 
 
 def check_nfs_server(view: HostView) -> Feature:
     """Kernel NFS server (``nfsd``)."""
     return _filesystem_feature(view, "kernel NFS server", ("nfsd",),
-                               "no NFS server VM: the shared host directory replaces the export")
+                               "the VM image's exportfs and nfs-server: exports registered with the "
+                               "hypervisor, TCP 2049 listened on (images/vm/README.md)")
 
 
 def check_fuse(view: HostView) -> Feature:
