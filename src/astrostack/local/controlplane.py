@@ -27,6 +27,7 @@ from astrostack.local import (
     external_net,
     install,
     layout,
+    preflight,
     services,
     site_registry,
     supervisor,
@@ -67,6 +68,8 @@ def prepare(say: Progress) -> config.ComputeDriver:
     """Packages, venv, the external bridge and fresh config files."""
     install.install_all(say)
     dockerd.ensure_dockerd()
+    for line in preflight.missing(preflight.run_preflight()):
+        say(f"this kernel: {line}")
     external_net.ensure(say)
     driver = config.choose_compute_driver()
     say(f"nova compute_driver = {driver.name} ({driver.reason})")
