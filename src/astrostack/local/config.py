@@ -3,7 +3,7 @@
 Every file is written at every ``local start`` from ``templates/*.j2`` with
 ``StrictUndefined`` (a missing value is an error, not an empty string), into
 ``LOCAL/etc/<service>/``. Which settings are there and why:
-``docs/local-cloud-design.md`` and ``LOCAL-CLOUD-FACTS.md``.
+``docs/local-cloud.md`` and ``LOCAL-CLOUD-FACTS.md``.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """Where the local cloud lives: its addresses, ports and files.
 
-Everything here is the design contract (docs/local-cloud-design.md,
-"Addresses, ports, files"); the other modules of the control plane take their
-paths and ports from this one place.
+Everything here is what docs/local-cloud.md ("What runs") promises; the other
+modules of the control plane take their paths and ports from this one place.
 """
 
 from __future__ import annotations
