@@ -118,8 +118,8 @@ class DeploymentProbe:
             hosts_signalled=len(waits.signalled),
             hosts_missing=[host for host in self.host_ids if host not in waits.signalled],
             host_failures=waits.failed + waits.nfs_failed,
-            failed_resources=heat_stack.failed_resources(
-                [r for r in resources if heat_stack.host_of_wait(r) is None]),
+            failed_resources=heat_stack.failed_resources(  # the leaves: an aggregate fails with its child
+                [r for r in resources if heat_stack.host_of_wait(r) is None and not heat_stack.is_aggregate(r)]),
             servers_in_error=self.servers.dead_servers(),
             nodes_ready=node_view.ready if node_view else 0,
             nodes_failure=node_view.failure if node_view else None,

@@ -268,13 +268,21 @@ def host_waits(resources: list[dict[str, Any]]) -> HostWaits:
     return HostWaits(signalled, failed, pending, nfs_failed)
 
 
+def is_aggregate(resource: dict[str, Any]) -> bool:
+    """A resource that is a nested stack (the ResourceGroup, each of its members):
+    it completes with its children, which the nested listing shows on their own."""
+    return any(link.get("rel") == "nested" for link in resource.get("links") or [])
+
+
 def count_resources(resources: list[dict[str, Any]]) -> tuple[int, int]:
-    """(done, total) over the resources whose completion does not wait on hosts.
+    """(done, total) over the resources whose completion does not wait on hosts:
+    every leaf resource but the wait conditions (a worker's nested stack waits
+    on its wait condition, so aggregates are not counted either).
 
     INIT_COMPLETE is a resource Heat has not started yet (every resource of a
     stack just created lists so), DELETE_COMPLETE one that is gone: neither is done.
     """
-    relevant = [r for r in resources if r.get("resource_type") != WAIT_CONDITION]
+    relevant = [r for r in resources if r.get("resource_type") != WAIT_CONDITION and not is_aggregate(r)]
     done = sum(1 for r in relevant if _is_done(str(r.get("resource_status", ""))))
     return done, len(relevant)
 

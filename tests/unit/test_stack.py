@@ -32,6 +32,16 @@ def test_resources_not_started_are_not_done_and_wait_conditions_are_not_counted(
     assert count_resources(resources) == (1, 3)
 
 
+def test_nested_stacks_complete_with_their_children_and_are_not_counted():
+    group = {**_r("workers", "CREATE_IN_PROGRESS", rtype="OS::Heat::ResourceGroup"),
+             "links": [{"rel": "self", "href": "x"}, {"rel": "nested", "href": "y"}]}
+    member = {**_r("0", "CREATE_IN_PROGRESS", rtype="Astrostack::Worker", parent="workers"),
+              "links": [{"rel": "nested", "href": "z"}]}
+    resources = [group, member, _r("server", "CREATE_COMPLETE", parent="0"),
+                 _wait("wait", "CREATE_IN_PROGRESS", parent="0")]
+    assert count_resources(resources) == (1, 1)
+
+
 def test_each_host_is_read_from_its_own_wait_condition():
     resources = [_wait("manager_wait", "CREATE_COMPLETE"), _wait("wait", "CREATE_COMPLETE", parent="0"),
                  _wait("wait", "CREATE_FAILED", parent="1", reason="WaitConditionFailure: disk full"),
