@@ -115,6 +115,21 @@ write_docker_daemon_config() {
     "$registries" "$(host_mtu)" >/etc/docker/daemon.json
 }
 
+# The application image as the hosts pull it: the spec's reference when it
+# names its registry, else from the registry (the spec's or the cluster's).
+image_ref() {
+  case "$APP_IMAGE" in
+    */*/*|*.*/*|*:[0-9]*/*) echo "$APP_IMAGE" ;;
+    *) echo "$(registry_address)/$APP_IMAGE" ;;
+  esac
+}
+
+# Pull the application image in the background as soon as Docker runs, so the
+# download overlaps the rest of the boot; the containers' own pull reports errors.
+prefetch_app_image() {
+  setsid docker pull -q "$(image_ref)" >/var/log/astrostack-prefetch.log 2>&1 </dev/null &
+}
+
 # install_missing PACKAGE...: apt-get only what the image lacks (one update).
 install_missing() {
   local missing=() pkg

@@ -8,6 +8,7 @@
 apply_fault_at_start
 install_role_packages
 start_docker
+prefetch_app_image
 mount_share
 CONTROL=$(control_dir)
 OVERLAY_REPORT=""

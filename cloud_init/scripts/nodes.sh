@@ -27,13 +27,6 @@ fail() {
 }
 trap 'fail "line $LINENO: $BASH_COMMAND exited $?"' ERR
 
-image_ref() {
-  case "$APP_IMAGE" in
-    */*/*|*.*/*|*:[0-9]*/*) echo "$APP_IMAGE" ;;
-    *) echo "$(registry_address)/$APP_IMAGE" ;;
-  esac
-}
-
 ready_swarm_nodes() {
   docker node ls --format '{{.Status}} {{.Availability}}' | grep -c '^Ready Active$' || true
 }

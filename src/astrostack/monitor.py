@@ -139,7 +139,7 @@ class PollPolicy:
 
     minimum: float = 1.0
     factor: float = 1.5
-    maximum: float = 10.0
+    maximum: float = 3.0
 
     def __post_init__(self) -> None:
         if not (0 < self.minimum <= self.maximum and self.factor >= 1):
