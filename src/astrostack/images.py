@@ -166,9 +166,10 @@ def has_registry_host(reference: str) -> bool:
     return bool(rest) and ("." in first or ":" in first or first == "localhost")
 
 
-def push(name: str, registry: str, progress: Progress = None) -> tuple[str, str]:
+def push(name: str, registry: str, progress: Progress = None, *, untag: bool = False) -> tuple[str, str]:
     """Tag ``astrostack/NAME:latest`` (or a full reference) for REGISTRY, push it;
-    return the pushed reference and its registry digest."""
+    return the pushed reference and its registry digest (UNTAG: drop the local
+    tag made for the push afterwards)."""
     source = name if "/" in name else f"astrostack/{name}:latest"
     if not image_exists(source):
         raise LocalCloudError(f"no local image {source}; build it first: astrostack image build {name}")
@@ -177,10 +178,14 @@ def push(name: str, registry: str, progress: Progress = None) -> tuple[str, str]
     client = _client()
     client.images.get(source).tag(target, tag=tag)
     _say(progress, f"pushing {source} to {registry}")
-    for chunk in client.api.push(target, tag=tag, stream=True, decode=True):
-        if "error" in chunk:
-            raise LocalCloudError(f"push of {target}:{tag} to {registry} failed: {chunk['error'].strip()}")
-    return f"{target}:{tag}", registry_digest(f"{target}:{tag}")
+    try:
+        for chunk in client.api.push(target, tag=tag, stream=True, decode=True):
+            if "error" in chunk:
+                raise LocalCloudError(f"push of {target}:{tag} to {registry} failed: {chunk['error'].strip()}")
+        return f"{target}:{tag}", registry_digest(f"{target}:{tag}")
+    finally:
+        if untag:
+            client.api.remove_image(f"{target}:{tag}", noprune=True)
 
 
 def registry_digest(reference: str) -> str:

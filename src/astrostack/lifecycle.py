@@ -18,10 +18,19 @@ from astrostack import cloud, images, keys, marks, paths, state
 from astrostack import stack as heat_stack
 from astrostack.cleanup import OpenStackSweeper, SweepResult, sweep
 from astrostack.cluster import mpi as mpi_mode
+from astrostack.cluster import registry as cluster_registry
 from astrostack.cluster import swarm
 from astrostack.cluster.access import StackManagerAccess, forget_host_keys
 from astrostack.cluster.probe import liveness, probe_for
-from astrostack.errors import AstrostackError, CloudError, DeployFailed, InvalidInput, UnknownCluster, WaitTimeout
+from astrostack.errors import (
+    AstrostackError,
+    CloudError,
+    DeployFailed,
+    InvalidInput,
+    PrecheckFailed,
+    UnknownCluster,
+    WaitTimeout,
+)
 from astrostack.monitor import (
     HOSTS,
     NODES,
@@ -126,9 +135,14 @@ def render_dir(name: str) -> Path:
 def prepare_cloud(spec: ClusterSpec, heat: Heat, record: state.ClusterRecord, runtime: Runtime) -> None:
     """Pre-checks before anything is created, and the application image where the hosts pull it."""
     precheck(spec, heat.conn)
+    image = spec.application.image
     if spec.registry.url:
-        reference, digest = images.ensure_in_registry(spec.application.image, spec.registry.url, note=runtime.note)
+        reference, digest = images.ensure_in_registry(image, spec.registry.url, note=runtime.note)
         record.image_digests[reference] = digest
+    elif not images.has_registry_host(image) and not images.image_exists(image):
+        raise PrecheckFailed(f"application.image: {image} is not on this machine, so it cannot be pushed into the "
+                             "cluster's registry", hint="build or pull it here, or set registry.url to a registry "
+                                                       "that has it")
 
 
 def _wait_and_settle(spec: ClusterSpec, heat: Heat, ref: StackRef, record: state.ClusterRecord, keep: bool,
@@ -136,11 +150,13 @@ def _wait_and_settle(spec: ClusterSpec, heat: Heat, ref: StackRef, record: state
     manager = manager_access(spec, heat, ref, record)
     probe = DeploymentProbe(heat, ref, servers=NovaServerWatch(heat.conn, spec.name),
                             nodes=probe_for(spec, manager), host_ids=spec.host_names())
+    targets, deadlines = Targets(spec.hosts, spec.nodes), Deadlines.from_spec(spec)
+    wait = dict(clock=runtime.clock, sleep=runtime.sleep, on_event=_recording(record, runtime.on_event))
     try:
-        readiness = wait_until_ready(
-            probe, Targets(spec.hosts, spec.nodes), Deadlines.from_spec(spec),
-            clock=runtime.clock, sleep=runtime.sleep, on_event=_recording(record, runtime.on_event),
-        )
+        wait_until_ready(probe, targets, deadlines, phases=(STACK, HOSTS), **wait)
+        if not spec.registry.url:
+            _publish_into_cluster(spec, heat, ref, manager, record, runtime)
+        readiness = wait_until_ready(probe, targets, deadlines, phases=(NODES,), **wait)
     except MonitorError as exc:
         raise _settle_failure(spec, heat, ref, record, keep, exc, runtime) from None
     except Exception as exc:  # a bug must not leave a half-built stack behind either
@@ -159,6 +175,23 @@ def _wait_and_settle(spec: ClusterSpec, heat: Heat, ref: StackRef, record: state
     record.nodes_ready = readiness.observation.nodes_ready if readiness.observation else spec.nodes
     state.save(record)
     return record
+
+
+def _publish_into_cluster(spec: ClusterSpec, heat: Heat, ref: StackRef, manager: StackManagerAccess,
+                          record: state.ClusterRecord, runtime: Runtime) -> None:
+    """The application image into the cluster's own registry (its NFS VM), through the
+    manager; a failure is the nodes phase's."""
+    try:
+        address = heat.outputs(ref).get("nfs_private_ip")
+        if not address:
+            raise CloudError(f"stack {ref.name} has no nfs_private_ip output")
+        reference, digest = cluster_registry.publish(spec.application.image, manager.access(), str(address),
+                                                     note=runtime.note)
+    except AstrostackError as exc:
+        raise MonitorError(f"nodes phase failed: the image could not reach the cluster's registry: {exc}",
+                           phase=NODES, observation=Observation()) from None
+    record.image_digests[reference] = digest
+    state.save(record)
 
 
 def _current_phase(record: state.ClusterRecord) -> str:

@@ -98,6 +98,13 @@ class SshAccess:
         return ["-o", "ControlMaster=auto", "-o", f"ControlPath={_control_dir()}/%C",
                 "-o", f"ControlPersist={CONTROL_PERSIST_S}"]
 
+    def tunnel_argv(self, local_port: int, remote: str) -> list[str]:
+        """`ssh -N` forwarding 127.0.0.1:LOCAL_PORT to REMOTE (host:port) through the manager,
+        a connection of its own (not multiplexed), which ends when the process does."""
+        return ["ssh", *self.options(), "-o", "ControlMaster=no", "-o", "ControlPath=none",
+                "-o", "ExitOnForwardFailure=yes", "-N", "-L", f"127.0.0.1:{local_port}:{remote}",
+                f"{self.user}@{self.address}"]
+
     def ssh_argv(self) -> list[str]:
         """`ssh ... user@host` for this access (the manager, or a host behind it)."""
         argv = ["ssh", *self.options(), *self._multiplexing()]
