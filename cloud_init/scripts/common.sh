@@ -33,12 +33,15 @@ body = json.dumps({"status": status, "reason": reason, "id": host, "data": data}
 request = urllib.request.Request(fields["url"], data=body, method="POST", headers={
     "X-Auth-Token": fields["token"], "Content-Type": "application/json", "Accept": "application/json"})
 opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+where = fields["url"].split("?")[0]
 for attempt in range(1, 11):
     try:
         opener.open(request, timeout=20).read()
         sys.exit(0)
     except (urllib.error.URLError, OSError) as exc:
-        print(f"signal attempt {attempt}/10 to {fields['url'].split('?')[0]}: {exc}", file=sys.stderr)
+        print(f"signal attempt {attempt}/10 to {where}: {exc}", file=sys.stderr)
+        if attempt == 3:  # on the console, where astrostack looks for hosts that stay silent
+            print(f"ASTROSTACK-SIGNAL-UNREACHABLE {where} {exc}", file=sys.stderr, flush=True)
         time.sleep(3)
 sys.exit(1)
 PY

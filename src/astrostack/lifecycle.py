@@ -149,7 +149,7 @@ def _wait_and_settle(spec: ClusterSpec, heat: Heat, ref: StackRef, record: state
                      runtime: Runtime) -> state.ClusterRecord:
     manager = manager_access(spec, heat, ref, record)
     probe = DeploymentProbe(heat, ref, servers=NovaServerWatch(heat.conn, spec.name),
-                            nodes=probe_for(spec, manager), host_ids=spec.host_names())
+                            nodes=probe_for(spec, manager), host_ids=spec.host_names(), clock=runtime.clock)
     targets, deadlines = Targets(spec.hosts, spec.nodes), Deadlines.from_spec(spec)
     wait = dict(clock=runtime.clock, sleep=runtime.sleep, on_event=_recording(record, runtime.on_event))
     try:
@@ -550,7 +550,7 @@ def _resize(old: ClusterSpec, new: ClusterSpec, heat: Heat, ref: StackRef, manag
     heat.update_parameters(ref, {"worker_count": new.workers}, timeout_mins=minutes)
     heat.wait_update_started(ref, before, deadline_s=60, clock=runtime.clock)
     probe = DeploymentProbe(heat, ref, servers=NovaServerWatch(heat.conn, new.name),
-                            nodes=probe_for(new, manager), host_ids=new.host_names())
+                            nodes=probe_for(new, manager), host_ids=new.host_names(), clock=runtime.clock)
     targets = Targets(new.hosts, new.nodes, stack_status="UPDATE_COMPLETE")
     wait = dict(clock=runtime.clock, sleep=runtime.sleep, on_event=_recording(record, runtime.on_event))
     wait_until_ready(probe, targets, Deadlines.from_spec(new), phases=(STACK, HOSTS), **wait)

@@ -13,6 +13,7 @@ requests whatever the number of hosts:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Protocol, TypeVar
@@ -22,7 +23,7 @@ from openstack import exceptions as os_exc
 from astrostack import marks
 from astrostack import stack as heat_stack
 from astrostack.errors import CloudError
-from astrostack.monitor import NODES, Observation
+from astrostack.monitor import HOSTS, NODES, Observation
 from astrostack.retry import call_with_retry
 from astrostack.stack import Heat, StackRef
 
@@ -42,14 +43,37 @@ class NodeProbe(Protocol):
     def observe_nodes(self) -> NodeView: ...
 
 
+# What a host prints on its console when it cannot reach Heat's signal URL
+# (cloud_init/scripts/common.sh, `signal`): then it can tell nobody but the console.
+SIGNAL_UNREACHABLE_MARKER = "ASTROSTACK-SIGNAL-UNREACHABLE"
+CONSOLE_LOOK_EVERY_S = 30.0
+CONSOLE_LINES = 80
+
+
 class ServerWatch(Protocol):
     def dead_servers(self) -> list[tuple[str, str]]:
         """(server name, reason) of the cluster's servers that stopped."""
+
+    def cannot_signal(self, hosts: Sequence[str]) -> list[tuple[str, str]]:
+        """(host, why) of HOSTS whose console says they cannot reach Heat's signal URL."""
 
 
 class NoServerWatch:
     def dead_servers(self) -> list[tuple[str, str]]:
         return []
+
+    def cannot_signal(self, hosts: Sequence[str]) -> list[tuple[str, str]]:
+        return []
+
+
+def signal_unreachable(console: str) -> Optional[str]:
+    """Why a host could not signal, from its console output (the marker's last line)."""
+    lines = [line for line in console.splitlines() if SIGNAL_UNREACHABLE_MARKER in line]
+    if not lines:
+        return None
+    url, _, error = lines[-1].split(SIGNAL_UNREACHABLE_MARKER, 1)[1].strip().partition(" ")
+    return (f"cannot reach Heat's signal URL {url} ({error or 'no answer'}): the VMs need a route to Heat's API "
+            "(an internal-only endpoint, a private CA, a DNS name they cannot resolve?)")
 
 
 class NovaServerWatch:
@@ -68,6 +92,19 @@ class NovaServerWatch:
                 fault = (server.fault or {}).get("message", "") if hasattr(server, "fault") else ""
                 dead.append((server.name, f"{server.status} {fault}".strip()))
         return dead
+
+    def cannot_signal(self, hosts: Sequence[str]) -> list[tuple[str, str]]:
+        names = {f"{self.cluster}-{host}": host for host in hosts}
+        servers = [s for s in nova_call(lambda: list(self.conn.compute.servers(name=f"^{self.cluster}-")))
+                   if s.name in names]
+        found = []
+        for server in servers:
+            output = nova_call(lambda server=server: self.conn.compute.get_server_console_output(
+                server, length=CONSOLE_LINES).get("output", ""))
+            why = signal_unreachable(output or "")
+            if why:
+                found.append((names[server.name], why))
+        return found
 
 
 def nova_call(call: Callable[[], T]) -> T:
@@ -95,13 +132,16 @@ class DeploymentProbe:
     """Implements :class:`astrostack.monitor.Probe` for one stack."""
 
     def __init__(self, heat: Heat, ref: StackRef, *, servers: ServerWatch | None = None,
-                 nodes: NodeProbe | None = None, host_ids: Sequence[str] = ()):
+                 nodes: NodeProbe | None = None, host_ids: Sequence[str] = (),
+                 clock: Callable[[], float] = time.monotonic):
         self.heat = heat
         self.ref = ref
         self.servers = servers or NoServerWatch()
         self.nodes = nodes
         self.host_ids = list(host_ids)  # the signal ids hosts use: manager, worker-0, ...
         self.last_event: Optional[str] = None
+        self.clock = clock
+        self.consoles_seen_at: Optional[float] = None
 
     def observe(self, phase: str) -> Observation:
         before = self.heat.requests
@@ -117,7 +157,7 @@ class DeploymentProbe:
             resources_total=total,
             hosts_signalled=len(waits.signalled),
             hosts_missing=[host for host in self.host_ids if host not in waits.signalled],
-            host_failures=waits.failed + waits.nfs_failed,
+            host_failures=waits.failed + waits.nfs_failed + self._silent_because_cut_off(phase, waits.pending),
             failed_resources=heat_stack.failed_resources(  # the leaves: an aggregate fails with its child
                 [r for r in resources if heat_stack.host_of_wait(r) is None and not heat_stack.is_aggregate(r)]),
             servers_in_error=self.servers.dead_servers(),
@@ -127,6 +167,20 @@ class DeploymentProbe:
             last_event=self._last_event(resources, node_view),
             requests=self.heat.requests - before + (node_view.requests if node_view else 0),
         )
+
+    def _silent_because_cut_off(self, phase: str, pending: list[str]) -> list[tuple[str, str]]:
+        """Every 30 s of the hosts phase, the consoles of (up to 5) silent hosts: one that
+        cannot reach Heat says so there, and the wait ends now, not at its deadline."""
+        now = self.clock()
+        if phase != HOSTS or not pending:
+            return []
+        if self.consoles_seen_at is None:
+            self.consoles_seen_at = now  # the hosts' first boot takes time: look from 30 s on
+            return []
+        if now - self.consoles_seen_at < CONSOLE_LOOK_EVERY_S:
+            return []
+        self.consoles_seen_at = now
+        return self.servers.cannot_signal(pending[:5])
 
     def _nodes(self, phase: str) -> Optional[NodeView]:
         if phase != NODES or self.nodes is None:

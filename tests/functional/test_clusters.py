@@ -197,14 +197,17 @@ def test_up_exec_status_degraded_unrecorded_down(clouds, make_spec, cluster_clea
 
 def test_mpi_mode_runs_a_job_across_host_containers(clouds, make_spec, cluster_cleanup, capsys):
     """mode: mpi: one MPI container per host on the host network, reached through the
-    security group's own MPI ports; a job spans every rank."""
+    security group's own MPI ports; the image pushed into the cluster's own registry
+    through the manager; a job spans every rank."""
     before = cloud_counts(*clouds)
-    spec = make_spec("ft-mpi", "10.92.0.0/24", mode="mpi", hosts=3, nodes=6)
+    # No registry.url: the image goes into the cluster's own registry (Debian's unit on the NFS VM).
+    spec = make_spec("ft-mpi", "10.92.0.0/24", mode="mpi", hosts=3, nodes=6, registry={"url": None})
     cluster_cleanup(spec.name)
 
     record = lifecycle.up(spec)
 
     assert record.status == "ready"
+    assert any(ref.endswith(":5000/astrostack/mpi-base:latest") for ref in record.image_digests), record.image_digests
     code, out, err = run_cli(capsys, "exec", spec.name, "--mpi", "--", "/usr/local/bin/mpi_smoke")
     assert code == 0, err
     smoke = json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
@@ -327,6 +330,27 @@ def test_vm_that_powers_off_after_boot_is_a_dead_server(clouds, make_spec, spec_
     assert f"{spec.name}-worker-0" in line and "SHUTOFF" in line, line
     assert_rolled_back(clouds, spec.name, before)
     assert elapsed < spec.timeouts.stack_create + spec.timeouts.hosts_ready
+
+
+def test_a_host_that_cannot_reach_heat_fails_the_wait_at_once_naming_the_url(clouds, make_spec, spec_file,
+                                                                            cluster_cleanup, capsys):
+    """The VMs cannot reach Heat's API (as with an internal-only endpoint): the silent hosts'
+    consoles say so and the hosts phase ends on it, long before its deadline."""
+    before = cloud_counts(*clouds)
+    spec = make_spec("ft-cutoff", "10.98.0.0/24", timeouts={"hosts_ready": 600})
+    cluster_cleanup(spec.name)
+    block = ["INPUT", "-i", "astro-ex", "-p", "tcp", "--dport", "18004", "-j", "REJECT"]
+    subprocess.run(["iptables", "-I", *block], check=True)
+    try:
+        code, _, err, elapsed = up_cli(capsys, spec_file(spec))
+    finally:
+        subprocess.run(["iptables", "-D", *block], check=True)
+
+    assert code == 3, err
+    line = one_error(err)
+    assert "cannot reach Heat's signal URL" in line and ":18004" in line, line
+    assert elapsed < spec.timeouts.stack_create + 300
+    assert_rolled_back(clouds, spec.name, before)
 
 
 def test_keep_on_failure_keeps_then_down_force_cleans(clouds, make_spec, spec_file, cluster_cleanup, capsys):
