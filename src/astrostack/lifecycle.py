@@ -50,6 +50,7 @@ from astrostack.stack import DeleteFailed, Heat, StackRef
 
 EventSink = Callable[[PhaseEvent], None]
 DELETE_RETRIES = 3
+SCALE_PREFIX = "scale-"  # a scale's phases in the record, beside up's
 DEFAULT_DELETE_S = 600
 OUTAGE_RETRY_S = 5.0
 
@@ -101,7 +102,8 @@ def _resume_or_start(spec: ClusterSpec, heat: Heat, runtime: Runtime) -> tuple[s
             )
         if existing.status == "failed":
             raise InvalidInput(f"cluster {spec.name} failed and was kept for debugging; run `astrostack down {spec.name}` first")
-        runtime.note(f"resuming the wait for cluster {spec.name} (stack {live.id})")
+        if existing.status != "ready":
+            runtime.note(f"resuming the wait for cluster {spec.name} (stack {live.id})")
         return existing, live
     if live:
         raise InvalidInput(f"a stack named {spec.name} exists that astrostack did not record; pick another name or delete it")
@@ -166,6 +168,9 @@ def _wait_and_settle(spec: ClusterSpec, heat: Heat, ref: StackRef, record: state
         raise _settle_failure(spec, heat, ref, record, keep, failure, runtime) from exc
     except KeyboardInterrupt:
         record.status = "creating"
+        phase = _current_phase(record)
+        if phase in record.phases and record.phases[phase].finished is None:
+            state.record_phase(record, phase, "interrupted")
         state.save(record)
         runtime.note(f"interrupted: stack {ref.name} exists; `astrostack status {spec.name}` or `astrostack down {spec.name}`")
         raise
@@ -210,12 +215,12 @@ def manager_access(spec: ClusterSpec, heat: Heat, ref: StackRef, record: state.C
     return StackManagerAccess(spec.name, spec.servers.user, record.ssh_private_key_path, address)
 
 
-def _recording(record: state.ClusterRecord, sink: Optional[EventSink]) -> EventSink:
-    """Persist phase boundaries in the record, then pass the event on."""
+def _recording(record: state.ClusterRecord, sink: Optional[EventSink], prefix: str = "") -> EventSink:
+    """Persist phase boundaries in the record (as PREFIX + phase), then pass the event on."""
 
     def on_event(event: PhaseEvent) -> None:
         if event.kind in ("start", "done", "failed", "timeout"):
-            state.record_phase(record, event.phase, None if event.kind == "start" else event.kind)
+            state.record_phase(record, prefix + event.phase, None if event.kind == "start" else event.kind)
             record.hosts_ready = event.hosts_signalled
             record.nodes_ready = event.nodes_ready
             state.save(record)
@@ -552,7 +557,10 @@ def _resize(old: ClusterSpec, new: ClusterSpec, heat: Heat, ref: StackRef, manag
     probe = DeploymentProbe(heat, ref, servers=NovaServerWatch(heat.conn, new.name),
                             nodes=probe_for(new, manager), host_ids=new.host_names(), clock=runtime.clock)
     targets = Targets(new.hosts, new.nodes, stack_status="UPDATE_COMPLETE")
-    wait = dict(clock=runtime.clock, sleep=runtime.sleep, on_event=_recording(record, runtime.on_event))
+    for phase in (STACK, HOSTS, NODES):  # each scale is a deployment of its own
+        record.phases.pop(SCALE_PREFIX + phase, None)
+    wait = dict(clock=runtime.clock, sleep=runtime.sleep,
+                on_event=_recording(record, runtime.on_event, prefix=SCALE_PREFIX))
     wait_until_ready(probe, targets, Deadlines.from_spec(new), phases=(STACK, HOSTS), **wait)
     _follow_hosts(old, new, manager, [f"worker-{i}" for i in range(new.workers, old.workers)], removed)
     wait_until_ready(probe, targets, Deadlines.from_spec(new), phases=(NODES,), **wait)

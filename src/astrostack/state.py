@@ -252,14 +252,21 @@ def record_phase(record: ClusterRecord, phase: str, outcome: Optional[str] = Non
                  now: Optional[datetime] = None) -> PhaseRecord:
     """Mark ``phase`` started (no ``outcome``) or finished with ``outcome``, in memory.
 
-    The caller saves the record; times are wall-clock UTC.
+    A resumed deployment keeps what the first attempt measured: a phase already
+    done stays as it was, and an unfinished one keeps its first start (so a
+    benchmark reading the record sees the deployment's real times). The caller
+    saves the record; times are wall-clock UTC.
     """
     now = now or utcnow()
-    if outcome is None:
-        entry = PhaseRecord(started=now)
+    existing = record.phases.get(phase)
+    if existing is not None and existing.outcome == "done":
+        return existing
+    if outcome is None and existing is not None and existing.outcome == "interrupted":
+        entry = existing.model_copy(update={"finished": None, "outcome": None})  # resumed after Ctrl-C
+    elif outcome is None:
+        entry = existing if existing is not None and existing.finished is None else PhaseRecord(started=now)
     else:
-        entry = record.phases.get(phase) or PhaseRecord(started=now)
-        entry = entry.model_copy(update={"finished": now, "outcome": outcome})
+        entry = (existing or PhaseRecord(started=now)).model_copy(update={"finished": now, "outcome": outcome})
     record.phases[phase] = entry
     return entry
 

@@ -206,3 +206,22 @@ def test_lock_is_released_after_the_block():
         pass
     with state.cluster_lock("demo"):
         pass
+
+
+def test_a_resumed_deployment_keeps_what_the_first_attempt_measured():
+    record = new_record()
+    first = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
+    state.record_phase(record, "stack", now=first)
+    state.record_phase(record, "stack", "done", now=first + timedelta(seconds=30))
+    state.record_phase(record, "hosts", now=first + timedelta(seconds=30))
+    state.record_phase(record, "hosts", "interrupted", now=first + timedelta(seconds=40))
+
+    later = first + timedelta(minutes=5)
+    state.record_phase(record, "stack", now=later)
+    state.record_phase(record, "stack", "done", now=later)
+    state.record_phase(record, "hosts", now=later)
+    state.record_phase(record, "hosts", "done", now=later + timedelta(seconds=10))
+
+    assert (record.phases["stack"].started, record.phases["stack"].finished) == (first, first + timedelta(seconds=30))
+    assert record.phases["hosts"].started == first + timedelta(seconds=30)
+    assert record.phases["hosts"].outcome == "done"
