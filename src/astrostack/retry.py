@@ -87,7 +87,7 @@ def describe_request(exc: BaseException) -> str:
         url = getattr(response, "url", None)
     if method and url:
         return f"{method} {url}"
-    return url or "the request"
+    return url or " ".join(str(exc).split())[:200] or "the request"
 
 
 def _give_up_error(exc: BaseException, attempts: int, waited: float) -> CloudError:

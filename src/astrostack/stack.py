@@ -69,7 +69,11 @@ class Heat:
         except os_exc.NotFoundException:
             raise NotFound(f"{method.upper()} {path}: not found") from None
         except os_exc.HttpException as exc:
-            raise CloudError(f"Heat {method.upper()} {path}: {_one_line(exc)}") from None
+            request_id = f" (request {exc.request_id})" if getattr(exc, "request_id", None) else ""
+            raise CloudError(f"Heat {method.upper()} {path}: {_one_line(exc)}{request_id}") from None
+        except CloudError as exc:  # the retries gave up: say which API it was
+            raise type(exc)(f"Heat {method.upper()} {path}: {exc.message}", hint=exc.hint,
+                            transient=exc.transient) from exc.__cause__
 
     def get_json(self, path: str, **params: Any) -> dict[str, Any]:
         response = self._call("get", path, params=params or None)
