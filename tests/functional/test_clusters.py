@@ -149,7 +149,7 @@ def test_up_exec_status_degraded_unrecorded_down(clouds, make_spec, cluster_clea
     assert {s.status for s in servers.values()} == {"ACTIVE"}
 
     code, out, err = run_cli(capsys, "exec", spec.name, "--mpi", "--", "/usr/local/bin/mpi_smoke")
-    assert code == 0, err
+    assert code == 0, (out[-2000:], err)
     smoke = json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
     assert smoke["size"] == 12
     assert len(set(smoke["hosts"])) == 12
@@ -209,7 +209,7 @@ def test_mpi_mode_runs_a_job_across_host_containers(clouds, make_spec, cluster_c
     assert record.status == "ready"
     assert any(ref.endswith(":5000/astrostack/mpi-base:latest") for ref in record.image_digests), record.image_digests
     code, out, err = run_cli(capsys, "exec", spec.name, "--mpi", "--", "/usr/local/bin/mpi_smoke")
-    assert code == 0, err
+    assert code == 0, (out[-2000:], err)
     smoke = json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
     assert smoke["size"] == 6 and len(set(smoke["hosts"])) == 3
     lifecycle.down(spec.name)
