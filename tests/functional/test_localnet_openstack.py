@@ -324,9 +324,11 @@ def test_a_real_server_boots_with_cloud_init_from_metadata_and_answers_ssh_on_it
             # The console is the container's log (Nova's os-getConsoleOutput reads the same).
             done = sh("docker", "logs", naming.instance_container(server.id), check=False)
             console["text"] = done.stdout + done.stderr
-            return "t3-localnet: cloud-init done" in console["text"]
+            # getty's prompt names the host once cloud-init set the name from metadata (it may come last)
+            return "t3-localnet: cloud-init done" in console["text"] and "t3-os-server console" in console["text"]
 
-        wait_for(finished, TIMEOUT, "cloud-init's final message on the console", interval=2)
+        wait_for(finished, TIMEOUT, "cloud-init's final message and the named login prompt on the console",
+                 interval=2)
         deployment["figures"]["server create -> cloud-init done s"] = time.monotonic() - started
         # cloud-init found Nova's metadata (through the proxy) in init-local, and the server's name in it
         assert "t3-localnet: cloud-init done, datasource DataSourceOpenStackLocal" in console["text"]
