@@ -463,7 +463,13 @@ def down(name: str, *, cloud_name: Optional[str] = None, force: bool = False,
             found.record.status = "deleting"
             state.save(found.record)
         deadline = found.spec.timeouts.delete if found.spec else DEFAULT_DELETE_S
-        result = teardown(name, found.cloud, found.heat, found.ref, deadline_s=deadline, runtime=runtime, force=force)
+        try:
+            result = teardown(name, found.cloud, found.heat, found.ref, deadline_s=deadline, runtime=runtime,
+                              force=force)
+        except KeyboardInterrupt:
+            runtime.note(f"interrupted: Heat goes on deleting {name}; `astrostack down {name}` again finishes "
+                         "the job and checks that nothing is left")
+            raise
         state.delete(name)
         keys.forget_cluster_key(name)
         forget_host_keys(name)
@@ -525,6 +531,10 @@ def scale(name: str, hosts: int, nodes: Optional[int] = None, *, runtime: Runtim
             _resize(old, new, heat, ref, manager, record, runtime)
         except MonitorError as exc:
             raise _settle_scale_failure(old, new, heat, ref, manager, record, exc, runtime) from None
+        except KeyboardInterrupt:
+            runtime.note(f"interrupted: the stack update of {name} may go on; `astrostack status {name}` tells, "
+                         f"`astrostack rollback {name}` returns to {old.hosts} hosts")
+            raise
         _accept(record, new)
         return record
 
