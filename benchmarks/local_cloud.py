@@ -1,0 +1,103 @@
+"""`astrostack up` of examples/local.yaml on the local cloud (a real OpenStack):
+phase times, total, down, memory per VM and CPU, over several runs.
+
+    python benchmarks/local_cloud.py [--runs 3] [--hosts 3 --nodes 12]
+
+Each run deploys a cluster named bench-lc-N exactly as a user does
+(`lifecycle.up`: pre-checks, the image pushed to the site registry, Heat,
+Nova servers that are container-VMs booting with cloud-init from the metadata
+service, a Swarm, the smoke test), reads memory and CPU while it is ready,
+then `down`. The previous local cloud (a noauth Heat engine with resource
+plugins, no Keystone/Nova/Neutron/Cinder) took 65-70 s for the same `up` on
+this machine (issue 8); the target is <= 1.2 x that, i.e. <= 81 s.
+
+Needs a running local cloud (`astrostack local start`) and the image
+astrostack/mpi-base. Prints a table; exit 0 if the median meets the target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from astrostack import lifecycle  # noqa: E402
+from astrostack.spec import spec_from_dict  # noqa: E402
+
+PREVIOUS_UP_S = (65.0, 70.0)   # the noauth local cloud, same machine, issue 8
+TARGET_RATIO = 1.2
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds() -> float:
+    """CPU time of the whole machine so far (user + system of every process), in seconds."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system = (int(x) for x in fields[:3])
+    return (user + nice + system) / CLOCK_TICKS
+
+
+def vm_memory_mib(cluster: str) -> list[float]:
+    """Memory (usage minus inactive file cache, as `docker stats`) of the cluster's container-VMs."""
+    import docker
+
+    client = docker.from_env(timeout=60)
+    sizes = []
+    for container in client.containers.list(filters={"name": "nova-"}):
+        if not container.attrs["Config"]["Hostname"].startswith(cluster):
+            continue
+        stats = container.stats(stream=False)["memory_stats"]
+        cache = stats.get("stats", {}).get("total_inactive_file", 0)
+        sizes.append((stats.get("usage", 0) - cache) / 2**20)
+    return sizes
+
+
+def one_run(index: int, hosts: int, nodes: int) -> dict:
+    data = yaml.safe_load((ROOT / "examples" / "local.yaml").read_text())
+    data.update(name=f"bench-lc-{index}", hosts=hosts, nodes=nodes)
+    data["network"]["cidr"] = f"10.{120 + index}.0.0/24"
+    spec = spec_from_dict(data)
+    cpu_before, started = cpu_seconds(), time.monotonic()
+    record = lifecycle.up(spec)
+    total = time.monotonic() - started
+    cpu = cpu_seconds() - cpu_before
+    memory = vm_memory_mib(spec.name)
+    down_started = time.monotonic()
+    lifecycle.down(spec.name)
+    phases = {name: (entry.finished - entry.started).total_seconds() for name, entry in record.phases.items()}
+    return {"total": total, "phases": phases, "down": time.monotonic() - down_started, "cpu": cpu,
+            "memory": statistics.mean(memory) if memory else 0.0, "vms": len(memory), "nodes": nodes}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--hosts", type=int, default=3)
+    parser.add_argument("--nodes", type=int, default=12)
+    args = parser.parse_args()
+    runs = [one_run(i, args.hosts, args.nodes) for i in range(args.runs)]
+    print(f"astrostack up of examples/local.yaml ({args.hosts} hosts, {args.nodes} nodes) on the local OpenStack")
+    print(f"{'run':>3} {'stack':>7} {'hosts':>7} {'nodes':>7} {'up':>7} {'down':>7} {'cpu s':>7} "
+          f"{'core-s/node':>11} {'MiB/VM':>7}")
+    for i, run in enumerate(runs):
+        p = run["phases"]
+        print(f"{i:>3} {p.get('stack', 0):7.1f} {p.get('hosts', 0):7.1f} {p.get('nodes', 0):7.1f} "
+              f"{run['total']:7.1f} {run['down']:7.1f} {run['cpu']:7.1f} {run['cpu'] / run['nodes']:11.2f} "
+              f"{run['memory']:7.0f}")
+    median = statistics.median(run["total"] for run in runs)
+    previous = statistics.mean(PREVIOUS_UP_S)
+    ratio = median / previous
+    print(f"median up {median:.1f} s; the previous local cloud took {PREVIOUS_UP_S[0]:.0f}-{PREVIOUS_UP_S[1]:.0f} s: "
+          f"ratio {ratio:.2f} (target <= {TARGET_RATIO})")
+    return 0 if ratio <= TARGET_RATIO else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
