@@ -453,6 +453,29 @@ def test_scale_3_5_2_with_a_job_after_each_step_then_rollback(clouds, make_spec,
     assert_nothing_left(clouds, spec.name, before)
 
 
+def test_a_scale_up_after_keystone_tokens_expired_still_gets_every_host(clouds, local_cloud, make_spec,
+                                                                      cluster_cleanup, monkeypatch):
+    """Keystone's tokens live 120 s: a scale-up later than that still completes, because
+    every new worker signals a wait condition of its own, with a token made for it."""
+    monkeypatch.setenv("ASTROSTACK_LOCAL_TOKEN_LIFETIME", "120")
+    local_cloud.stop(["keystone"], say=print)
+    local_cloud.start(["keystone"], say=print)
+    spec = make_spec("ft-expiry", "10.99.0.0/24", hosts=2, nodes=2)
+    cluster_cleanup(spec.name)
+    try:
+        lifecycle.up(spec)
+        time.sleep(130)  # every token made at `up` has expired
+
+        record = lifecycle.scale(spec.name, 3, 3)
+
+        assert (record.status, record.hosts_target) == ("ready", 3)
+        assert heat().status(heat().find(spec.name))[0] == "UPDATE_COMPLETE"
+    finally:
+        monkeypatch.delenv("ASTROSTACK_LOCAL_TOKEN_LIFETIME")
+        local_cloud.stop(["keystone"], say=print)
+        local_cloud.start(["keystone"], say=print)
+
+
 # --- 6. outages and interruptions ------------------------------------------------------------------
 
 

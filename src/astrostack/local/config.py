@@ -17,6 +17,7 @@ from typing import Callable
 
 import jinja2
 
+from astrostack.errors import LocalCloudError
 from astrostack.local import credentials, install, layout
 
 Progress = Callable[[str], None]
@@ -28,6 +29,10 @@ FAKE_DRIVER = "fake.FakeDriverWithoutFakeNodes"
 NOVA_SHIM_MODULE = "astrostack_driver"
 HEAT_CONVERGENCE_ENV = "ASTROSTACK_LOCAL_HEAT_CONVERGENCE"
 DEBUG_ENV = "ASTROSTACK_LOCAL_DEBUG"
+# Keystone's token lifetime in seconds (its default: 3600). A test shortens it to
+# see a scale-up happen after the tokens made at `up` expired.
+TOKEN_LIFETIME_ENV = "ASTROSTACK_LOCAL_TOKEN_LIFETIME"
+DEFAULT_TOKEN_LIFETIME_S = 3600
 DB_NAMES = {"keystone": "keystone", "placement": "placement", "glance": "glance", "nova": "nova",
             "nova_api": "nova_api", "nova_cell0": "nova_cell0", "neutron": "neutron",
             "cinder": "cinder", "heat": "heat"}
@@ -106,6 +111,13 @@ def choose_compute_driver(importable: Callable[[str], bool] = install.venv_can_i
     return ComputeDriver(FAKE_DRIVER, f"{CONTAINER_DRIVER} is not importable yet: servers are records only, no VM runs")
 
 
+def token_lifetime() -> int:
+    value = os.environ.get(TOKEN_LIFETIME_ENV, str(DEFAULT_TOKEN_LIFETIME_S))
+    if not value.isdigit() or not 60 <= int(value) <= 86400:
+        raise LocalCloudError(f"{TOKEN_LIFETIME_ENV}={value!r}: seconds between 60 and 86400")
+    return int(value)
+
+
 def context(compute_driver: str) -> dict:
     """Everything the templates may name (StrictUndefined: nothing else)."""
     from astrostack_localcloud import naming
@@ -125,6 +137,7 @@ def context(compute_driver: str) -> dict:
         "run": str(layout.run_dir()),
         "compute_driver": compute_driver,
         "heat_convergence": bool(os.environ.get(HEAT_CONVERGENCE_ENV)),
+        "token_lifetime": token_lifetime(),
         "external": layout.external_net(),
         "external_bridge": naming.EXTERNAL_BRIDGE,
         "mariadb_port": layout.MARIADB_PORT,
