@@ -493,12 +493,16 @@ def test_a_heat_api_outage_during_the_hosts_phase_is_ridden_out(clouds, local_cl
             threading.Timer(30, lambda: local_cloud.start(["heat-api"], say=print)).start()
 
     def deploy():
-        result["record"] = lifecycle.up(spec, runtime=lifecycle.Runtime(on_event=outage_when_hosts_start))
+        try:
+            result["record"] = lifecycle.up(spec, runtime=lifecycle.Runtime(on_event=outage_when_hosts_start))
+        except Exception as exc:  # the assertion below shows it
+            result["error"] = exc
 
     worker = threading.Thread(target=deploy)
     worker.start()
     worker.join(timeout=spec.timeouts.total + 120)
 
+    assert "record" in result, result.get("error")
     assert result["record"].status == "ready"
     assert any("does not answer" in e.message for e in events), [e.message for e in events]
     lifecycle.down(spec.name)

@@ -94,8 +94,10 @@ class SshAccess:
             opts += ["-i", self.key_file, "-o", "IdentitiesOnly=yes"]
         return opts
 
-    def _multiplexing(self) -> list[str]:
-        return ["-o", "ControlMaster=auto", "-o", f"ControlPath={_control_dir()}/%C",
+    def _multiplexing(self, percent: str = "%") -> list[str]:
+        """Options sharing one connection (PERCENT is "%%" inside a ProxyCommand, which
+        ssh percent-expands once before the inner ssh sees it)."""
+        return ["-o", "ControlMaster=auto", "-o", f"ControlPath={_control_dir()}/{percent}C",
                 "-o", f"ControlPersist={CONTROL_PERSIST_S}"]
 
     def tunnel_argv(self, local_port: int, remote: str) -> list[str]:
@@ -110,7 +112,7 @@ class SshAccess:
         argv = ["ssh", *self.options(), *self._multiplexing()]
         if self.target:
             hop = " ".join(shlex.quote(part) for part in
-                           ["ssh", *self.options(), *self._multiplexing(), "-W", "%h:%p",
+                           ["ssh", *self.options(), *self._multiplexing(percent="%%"), "-W", "%h:%p",
                             f"{self.user}@{self.address}"])
             argv += ["-o", f"ProxyCommand={hop}", f"{self.user}@{self.target}"]
         else:
