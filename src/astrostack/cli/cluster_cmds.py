@@ -64,7 +64,7 @@ def status(
 
 
 def _print_status(report: dict) -> None:
-    recorded = "" if report["recorded"] else " [not in astrostack's records: found in the cloud]"
+    recorded = "" if report["recorded"] else " (not in astrostack's records: found in the cloud)"
     console.print(f"cluster {report['name']} ({report['cloud']}, {report.get('mode', '?')}): "
                   f"{report.get('status', 'unrecorded')}{recorded}", highlight=False)
     if report.get("record_problem"):
