@@ -65,7 +65,7 @@ create_service() {
     --mount "type=bind,source=$MOUNT_POINT,target=/share" \
     --env "ASTRO_ROLE=$role" --env "ASTRO_CLUSTER=$CLUSTER" --env "ASTRO_SLOTS=$SLOTS" \
     --env "ASTRO_OVERLAY_CIDR=$OVERLAY_SUBNET" --env ASTRO_MPI_PORTS=any \
-    --restart-condition on-failure --restart-max-attempts 3 \
+    --restart-condition any --restart-delay 1s \
     "$@" "$(image_ref)" >/dev/null
 }
 
@@ -115,7 +115,7 @@ start_host_container() {
   wait_for_image
   retry 60 5 docker pull "$(image_ref)" >/dev/null || fail "cannot pull $(image_ref)"
   docker rm -f astro-mpi >/dev/null 2>&1 || true
-  docker run -d --name astro-mpi --network host --restart on-failure:3 \
+  docker run -d --name astro-mpi --network host --restart unless-stopped \
     --label "astrostack.cluster=$CLUSTER" \
     -v "$keys/id_ed25519:/run/secrets/ssh_key:ro" -v "$keys/id_ed25519.pub:/run/secrets/ssh_pub:ro" \
     -v "$MOUNT_POINT:/share" -e "ASTRO_ROLE=$([ "$ROLE" = manager ] && echo master || echo worker)" \

@@ -12,6 +12,7 @@ from astrostack.cluster.access import ManagerAccess
 from astrostack.spec import ClusterSpec
 
 CONTAINER = "astro-mpi"
+SSH_PORT = 2222  # the MPI containers' sshd on the hosts' network (cloud_init/scripts/nodes.sh)
 
 
 @dataclass

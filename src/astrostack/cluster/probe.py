@@ -62,14 +62,19 @@ class SwarmNodeProbe:
             return NodeView(ready=view.tasks_running, failure=fatal, requests=1)
         detail = f"swarm: {view.nodes_ready}/{self.spec.hosts} hosts, {view.tasks_running}/{self.spec.nodes} tasks running"
         if view.tasks_running < self.spec.nodes or view.nodes_ready < self.spec.hosts:
-            return NodeView(ready=view.tasks_running, smoke_ok=None, requests=1, detail=detail)
-        smoke_ok, smoke_detail = self._smoke()
-        return NodeView(ready=view.tasks_running, smoke_ok=smoke_ok, requests=3, detail=smoke_detail)
-
-    def _smoke(self) -> tuple[bool, str]:
+            return NodeView(ready=0, smoke_ok=None, requests=1, detail=detail)
         lines = swarm.write_hostfile(self.spec, self.access)
         if len(lines) != self.spec.nodes:
-            return False, f"hostfile has {len(lines)} of {self.spec.nodes} nodes (overlay endpoints still settling)"
+            return NodeView(ready=0, requests=2, detail=f"hostfile has {len(lines)} of {self.spec.nodes} nodes "
+                                                        "(overlay endpoints still settling)")
+        up = swarm.answering(self.spec, self.access, lines)
+        if up < self.spec.nodes:
+            return NodeView(ready=up, requests=3, detail=f"{up}/{self.spec.nodes} nodes answer (sshd), "
+                                                         f"{view.tasks_running} tasks running")
+        smoke_ok, smoke_detail = self._smoke()
+        return NodeView(ready=up, smoke_ok=smoke_ok, requests=4, detail=smoke_detail)
+
+    def _smoke(self) -> tuple[bool, str]:
         argv = swarm.mpirun_argv(self.spec, self.smoke_program)
         result = swarm.run_in_master(self.spec, self.access, argv, timeout=SMOKE_TIMEOUT_S)
         summary = _last_json_line(result.output)
@@ -110,12 +115,15 @@ class MpiNodeProbe:
         if len(view.running) < self.spec.hosts:
             return NodeView(ready=ready, requests=1,
                             detail=f"mpi: {len(view.running)}/{self.spec.hosts} hosts run their MPI container")
-        swarm.write_hostfile(self.spec, self.access)
+        lines = swarm.write_hostfile(self.spec, self.access)
+        up_hosts = swarm.answering(self.spec, self.access, lines)
+        if up_hosts < len(lines):
+            return NodeView(ready=0, requests=3, detail=f"mpi: {up_hosts}/{len(lines)} hosts' MPI containers answer")
         argv = swarm.mpirun_argv(self.spec, self.smoke_program)
         result = swarm.run_in_master(self.spec, self.access, argv, timeout=SMOKE_TIMEOUT_S)
         summary = _last_json_line(result.output)
         if result.ok and summary and summary.get("size") == self.spec.nodes:
-            return NodeView(ready=ready, smoke_ok=True, requests=3,
+            return NodeView(ready=ready, smoke_ok=True, requests=4,
                             detail=f"mpirun -np {self.spec.nodes} smoke test ok across {self.spec.hosts} hosts")
         return NodeView(ready=ready, smoke_ok=False, requests=3,
                         detail=f"mpirun smoke test not yet ok (exit {result.exit_code}): {result.output.strip()[-200:]}")

@@ -147,6 +147,28 @@ def master_exec_script(spec: ClusterSpec, command: list[str]) -> str:
     )
 
 
+def answering_script(addresses: list[str], port: int) -> str:
+    """Shell, run in the master container, printing `UP ADDRESS` for every node whose
+    sshd accepts a connection (all tried at once, 3 s each)."""
+    quoted = " ".join(shlex.quote(a) for a in addresses)
+    return (f"for ip in {quoted}; do (timeout 3 bash -c \"exec 3<>/dev/tcp/$ip/{port}\" 2>/dev/null "
+            f"&& echo \"UP $ip\") & done; wait")
+
+
+def answering(spec: ClusterSpec, access: ManagerAccess, hostfile: list[str]) -> int:
+    """How many of the hostfile's nodes answer: their name resolved (an address in the
+    hostfile) and their sshd accepts, as mpirun needs before it starts."""
+    addresses = sorted({line.split()[0] for line in hostfile})
+    result = run_in_master(spec, access, ["bash", "-c", answering_script(addresses, ssh_port(spec))], timeout=60)
+    up = {line.split()[1] for line in result.output.splitlines() if line.startswith("UP ")}
+    return sum(1 for line in hostfile if line.split()[0] in up)
+
+
+def ssh_port(spec: ClusterSpec) -> int:
+    """The MPI containers' sshd: 22 on the overlay, 2222 on the hosts' network (mpi mode)."""
+    return mpi_mode.SSH_PORT if spec.mode is Mode.mpi else 22
+
+
 def mpirun_argv(spec: ClusterSpec, program: list[str], np: int | None = None) -> list[str]:
     """mpirun across every node, on the overlay only (see LOCAL-CLOUD-FACTS);
     in mpi mode on the hosts' private network."""
