@@ -24,6 +24,8 @@ import requests
 
 openstack = pytest.importorskip("openstack")
 
+from conftest import cloud_counts  # noqa: E402
+
 from astrostack.local import clouds_yaml, controlplane  # noqa: E402
 
 pytestmark = pytest.mark.functional
@@ -49,22 +51,11 @@ def clouds():
 
 
 def counts(user, admin) -> dict[str, int]:
-    """What a stack creates and its delete must remove, in the astrostack project."""
-    project_id = user.current_project_id
-    user_id = user.current_user_id
-    heat_domain = admin.identity.find_domain("heat", ignore_missing=False)
-    return {
-        "servers": len(list(user.compute.servers())),
-        "ports": len(list(user.network.ports(project_id=project_id))),
-        "networks": len(list(user.network.networks(project_id=project_id))),
-        "routers": len(list(user.network.routers(project_id=project_id))),
-        "floating_ips": len(list(user.network.ips(project_id=project_id))),
-        "security_groups": len(list(user.network.security_groups(project_id=project_id))),
-        "volumes": len(list(user.block_storage.volumes())),
-        "stacks": len(list(user.orchestration.stacks())),
-        "trusts": len(list(admin.identity.trusts(trustor_user_id=user_id))),
-        "stack_domain_users": len(list(admin.identity.users(domain_id=heat_domain.id))),
-    }
+    """What a stack creates and its delete must remove (conftest's count, keypairs aside:
+    this stack makes none)."""
+    found = cloud_counts(user, admin)
+    found.pop("keypairs")
+    return found
 
 
 def wait_for(what: str, ready, timeout: float):
