@@ -21,8 +21,10 @@ timings_json() {
   echo "{${out%,}}"
 }
 
-# signal STATUS REASON DATA_JSON: tell Heat's wait condition; retried, bounded.
-# python3 rather than curl: every image that runs cloud-init has it.
+# signal STATUS REASON DATA_JSON: tell Heat's wait condition; retried for about
+# 4 minutes (a restart of Heat's API is ridden out), from the 3rd failure on each
+# one said on the console, where astrostack looks when a host stays silent while
+# Heat answers astrostack. python3 rather than curl: every cloud image has it.
 signal() {
   local status=$1 reason=$2 data=${3:-\{\}}
   if ! python3 - "$status" "$reason" "$HOST_ID" "$data" "$ASTRO_ETC/signal" <<'PY'
@@ -34,19 +36,20 @@ request = urllib.request.Request(fields["url"], data=body, method="POST", header
     "X-Auth-Token": fields["token"], "Content-Type": "application/json", "Accept": "application/json"})
 opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 where = fields["url"].split("?")[0]
-for attempt in range(1, 11):
+attempts = 30
+for attempt in range(1, attempts + 1):
     try:
         opener.open(request, timeout=20).read()
         sys.exit(0)
     except (urllib.error.URLError, OSError) as exc:
-        print(f"signal attempt {attempt}/10 to {where}: {exc}", file=sys.stderr)
-        if attempt == 3:  # on the console, where astrostack looks for hosts that stay silent
-            print(f"ASTROSTACK-SIGNAL-UNREACHABLE {where} {exc}", file=sys.stderr, flush=True)
-        time.sleep(3)
+        print(f"signal attempt {attempt}/{attempts} to {where}: {exc}", file=sys.stderr)
+        if attempt >= 3:
+            print(f"ASTROSTACK-SIGNAL-UNREACHABLE attempt={attempt} {where} {exc}", file=sys.stderr, flush=True)
+        time.sleep(min(2 * attempt, 10))
 sys.exit(1)
 PY
   then
-    log "could not signal $status to Heat after 10 tries"
+    log "could not signal $status to Heat after 30 tries"
     return 1
   fi
   log "signalled $status: $reason"

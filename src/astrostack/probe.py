@@ -47,6 +47,8 @@ class NodeProbe(Protocol):
 # (cloud_init/scripts/common.sh, `signal`): then it can tell nobody but the console.
 SIGNAL_UNREACHABLE_MARKER = "ASTROSTACK-SIGNAL-UNREACHABLE"
 CONSOLE_LOOK_EVERY_S = 30.0
+# Polls further apart than this mean astrostack itself could not reach the cloud.
+OUTAGE_GAP_S = 20.0
 CONSOLE_LINES = 80
 
 
@@ -54,26 +56,37 @@ class ServerWatch(Protocol):
     def dead_servers(self) -> list[tuple[str, str]]:
         """(server name, reason) of the cluster's servers that stopped."""
 
-    def cannot_signal(self, hosts: Sequence[str]) -> list[tuple[str, str]]:
-        """(host, why) of HOSTS whose console says they cannot reach Heat's signal URL."""
+    def cannot_signal(self, hosts: Sequence[str]) -> dict[str, SignalTrouble]:
+        """HOSTS whose console says they fail to reach Heat's signal URL, and how far they are."""
 
 
 class NoServerWatch:
     def dead_servers(self) -> list[tuple[str, str]]:
         return []
 
-    def cannot_signal(self, hosts: Sequence[str]) -> list[tuple[str, str]]:
-        return []
+    def cannot_signal(self, hosts: Sequence[str]) -> dict[str, SignalTrouble]:
+        return {}
 
 
-def signal_unreachable(console: str) -> Optional[str]:
-    """Why a host could not signal, from its console output (the marker's last line)."""
+@dataclass(frozen=True)
+class SignalTrouble:
+    """A host's last failed try to signal Heat, as its console says."""
+
+    attempt: int
+    why: str
+
+
+def signal_unreachable(console: str) -> Optional[SignalTrouble]:
+    """The last failed signal attempt a console shows (the marker's last line), if any."""
     lines = [line for line in console.splitlines() if SIGNAL_UNREACHABLE_MARKER in line]
     if not lines:
         return None
-    url, _, error = lines[-1].split(SIGNAL_UNREACHABLE_MARKER, 1)[1].strip().partition(" ")
-    return (f"cannot reach Heat's signal URL {url} ({error or 'no answer'}): the VMs need a route to Heat's API "
-            "(an internal-only endpoint, a private CA, a DNS name they cannot resolve?)")
+    counted, _, rest = lines[-1].split(SIGNAL_UNREACHABLE_MARKER, 1)[1].strip().partition(" ")
+    attempt = counted.removeprefix("attempt=")
+    url, _, error = rest.partition(" ")
+    return SignalTrouble(int(attempt) if attempt.isdigit() else 0,
+                         f"cannot reach Heat's signal URL {url} ({error or 'no answer'}): the VMs need a route to "
+                         "Heat's API (an internal-only endpoint, a private CA, a DNS name they cannot resolve?)")
 
 
 class NovaServerWatch:
@@ -93,17 +106,17 @@ class NovaServerWatch:
                 dead.append((server.name, f"{server.status} {fault}".strip()))
         return dead
 
-    def cannot_signal(self, hosts: Sequence[str]) -> list[tuple[str, str]]:
+    def cannot_signal(self, hosts: Sequence[str]) -> dict[str, SignalTrouble]:
         names = {f"{self.cluster}-{host}": host for host in hosts}
         servers = [s for s in nova_call(lambda: list(self.conn.compute.servers(name=f"^{self.cluster}-")))
                    if s.name in names]
-        found = []
+        found = {}
         for server in servers:
             output = nova_call(lambda server=server: self.conn.compute.get_server_console_output(
                 server, length=CONSOLE_LINES).get("output", ""))
-            why = signal_unreachable(output or "")
-            if why:
-                found.append((names[server.name], why))
+            trouble = signal_unreachable(output or "")
+            if trouble:
+                found[names[server.name]] = trouble
         return found
 
 
@@ -142,6 +155,8 @@ class DeploymentProbe:
         self.last_event: Optional[str] = None
         self.clock = clock
         self.consoles_seen_at: Optional[float] = None
+        self.troubles_seen: dict[str, SignalTrouble] = {}
+        self.observed_at: Optional[float] = None
 
     def observe(self, phase: str) -> Observation:
         before = self.heat.requests
@@ -169,18 +184,26 @@ class DeploymentProbe:
         )
 
     def _silent_because_cut_off(self, phase: str, pending: list[str]) -> list[tuple[str, str]]:
-        """Every 30 s of the hosts phase, the consoles of (up to 5) silent hosts: one that
-        cannot reach Heat says so there, and the wait ends now, not at its deadline."""
+        """Every 30 s of the hosts phase, the consoles of (up to 5) silent hosts. A host
+        that cannot reach Heat says so there; one that goes on failing from one look to
+        the next while Heat answers astrostack all along cannot reach it at all, and the
+        wait ends now, not at its deadline."""
         now = self.clock()
+        outage = self.observed_at is not None and now - self.observed_at > OUTAGE_GAP_S
+        self.observed_at = now
         if phase != HOSTS or not pending:
             return []
-        if self.consoles_seen_at is None:
-            self.consoles_seen_at = now  # the hosts' first boot takes time: look from 30 s on
+        if self.consoles_seen_at is None or outage:
+            self.consoles_seen_at, self.troubles_seen = now, {}  # look afresh from 30 s on
             return []
         if now - self.consoles_seen_at < CONSOLE_LOOK_EVERY_S:
             return []
         self.consoles_seen_at = now
-        return self.servers.cannot_signal(pending[:5])
+        troubles = self.servers.cannot_signal(pending[:5])
+        still = [(host, trouble.why) for host, trouble in troubles.items()
+                 if host in self.troubles_seen and trouble.attempt > self.troubles_seen[host].attempt]
+        self.troubles_seen = troubles
+        return still
 
     def _nodes(self, phase: str) -> Optional[NodeView]:
         if phase != NODES or self.nodes is None:

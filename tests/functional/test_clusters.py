@@ -479,34 +479,65 @@ def test_a_scale_up_after_keystone_tokens_expired_still_gets_every_host(clouds, 
 # --- 6. outages and interruptions ------------------------------------------------------------------
 
 
-def test_a_heat_api_outage_during_the_hosts_phase_is_ridden_out(clouds, local_cloud, make_spec, cluster_cleanup):
-    before = cloud_counts(*clouds)
-    spec = make_spec("ft-outage", "10.95.0.0/24")
-    cluster_cleanup(spec.name)
-    events = []
-    result = {}
+def deploy_with_outages(local_cloud, spec, outages: dict[str, float]) -> tuple[dict, list]:
+    """`up` in a thread; at the start of each phase named in OUTAGES, Heat's API stops for
+    that many seconds. Returns ({"record": ...} or {"error": ...}, the events)."""
+    events, result, timers = [], {}, []
 
-    def outage_when_hosts_start(event):
+    def on_event(event):
         events.append(event)
-        if (event.phase, event.kind) == ("hosts", "start"):
+        if event.kind == "start" and event.phase in outages:
             local_cloud.stop(["heat-api"], say=print)
-            threading.Timer(30, lambda: local_cloud.start(["heat-api"], say=print)).start()
+            timer = threading.Timer(outages[event.phase], lambda: local_cloud.start(["heat-api"], say=print))
+            timers.append(timer)
+            timer.start()
 
     def deploy():
         try:
-            result["record"] = lifecycle.up(spec, runtime=lifecycle.Runtime(on_event=outage_when_hosts_start))
-        except Exception as exc:  # the assertion below shows it
+            result["record"] = lifecycle.up(spec, runtime=lifecycle.Runtime(on_event=on_event))
+        except Exception as exc:  # the caller's assertions show it
             result["error"] = exc
 
     worker = threading.Thread(target=deploy)
     worker.start()
-    worker.join(timeout=spec.timeouts.total + 120)
+    worker.join(timeout=spec.timeouts.total + spec.timeouts.delete + 300)
+    for timer in timers:
+        timer.join()
+    local_cloud.start(["heat-api"], say=print)
+    return result, events
+
+
+def test_heat_api_outages_in_every_phase_are_ridden_out(clouds, local_cloud, make_spec, cluster_cleanup):
+    """Heat's API is gone for 30 s at the start of each phase: `up` says so and is ready in the end."""
+    before = cloud_counts(*clouds)
+    spec = make_spec("ft-outage", "10.95.0.0/24")
+    cluster_cleanup(spec.name)
+
+    result, events = deploy_with_outages(local_cloud, spec, {"stack": 30, "hosts": 30, "nodes": 30})
 
     assert "record" in result, result.get("error")
     assert result["record"].status == "ready"
-    assert any("does not answer" in e.message for e in events), [e.message for e in events]
+    said = [e for e in events if "does not answer" in e.message]
+    assert {e.phase for e in said} == {"stack", "hosts", "nodes"}, [e.message for e in events]
     lifecycle.down(spec.name)
     assert_nothing_left(clouds, spec.name, before)
+
+
+def test_an_outage_past_the_phase_deadline_fails_and_rolls_back_once_heat_returns(clouds, local_cloud, make_spec,
+                                                                                cluster_cleanup):
+    """Heat's API is gone for 100 s from the start of a 60 s nodes phase: exit 3 (timed out,
+    naming the outage), evidence kept, and the rollback waits for Heat: nothing left."""
+    before = cloud_counts(*clouds)
+    spec = make_spec("ft-outage2", "10.100.0.0/24", timeouts={"nodes_ready": 60})
+    cluster_cleanup(spec.name)
+
+    result, _ = deploy_with_outages(local_cloud, spec, {"nodes": 100})
+
+    error = result.get("error")
+    assert error is not None and error.exit_code == 3, error
+    assert error.phase == "nodes" and "has not answered for" in error.message, error.message
+    assert Path(error.evidence, "summary.json").is_file()
+    assert_rolled_back(clouds, spec.name, before)
 
 
 def test_ctrl_c_during_the_hosts_phase_leaves_a_usable_record(clouds, make_spec, spec_file, cluster_cleanup,
