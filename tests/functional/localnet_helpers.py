@@ -1,5 +1,6 @@
 """Helpers of the network agent's functional tests: an ICMP echo from inside a namespace
-(no ping binary needed), so the tests need only what the local cloud installs."""
+(no ping binary needed), so the tests need only what the local cloud installs, and the
+dhclient script of their test VMs."""
 
 from __future__ import annotations
 
@@ -10,6 +11,22 @@ import struct
 import time
 
 from astrostack_localcloud.net import netns
+
+DHCLIENT_SCRIPT = """#!/bin/sh
+# What dhclient-script would do, minus /etc/resolv.conf: address, MTU, default route; and a record.
+NS=$(ip netns identify)
+case "$reason" in
+  BOUND|RENEW|REBIND|REBOOT)
+    env | grep -E '^(new_|reason=|interface=)' | sort > "@DIR@/$NS.lease"
+    ip -4 addr flush dev "$interface"
+    ip addr add "$new_ip_address/$new_subnet_mask" dev "$interface"
+    [ -n "$new_interface_mtu" ] && ip link set "$interface" mtu "$new_interface_mtu"
+    for router in $new_routers; do ip route replace default via "$router" dev "$interface"; break; done
+    ;;
+esac
+exit 0
+"""
+
 
 ECHO_REQUEST = {4: 8, 6: 128}
 ECHO_REPLY = {4: 0, 6: 129}

@@ -27,7 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from localnet_helpers import icmp_echo
+from localnet_helpers import DHCLIENT_SCRIPT, icmp_echo
 
 from astrostack_localcloud import naming
 from astrostack_localcloud.net import dataplane, firewall, netns
@@ -288,22 +288,6 @@ class Vm:
             with contextlib.suppress(ValueError, ProcessLookupError):
                 os.kill(int(pid_file.read_text().strip()), 9)
         sh("ip", "netns", "delete", self.name, check=False)
-
-
-DHCLIENT_SCRIPT = """#!/bin/sh
-# What dhclient-script would do, minus /etc/resolv.conf: address, MTU, default route; and a record.
-NS=$(ip netns identify)
-case "$reason" in
-  BOUND|RENEW|REBIND|REBOOT)
-    env | grep -E '^(new_|reason=|interface=)' | sort > "@DIR@/$NS.lease"
-    ip -4 addr flush dev "$interface"
-    ip addr add "$new_ip_address/$new_subnet_mask" dev "$interface"
-    [ -n "$new_interface_mtu" ] && ip link set "$interface" mtu "$new_interface_mtu"
-    for router in $new_routers; do ip route replace default via "$router" dev "$interface"; break; done
-    ;;
-esac
-exit 0
-"""
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from localnet_helpers import icmp_echo
+from localnet_helpers import DHCLIENT_SCRIPT, icmp_echo
 
 from astrostack_localcloud import naming
 from astrostack_localcloud.net import config as agent_config
@@ -30,19 +30,6 @@ pytestmark = pytest.mark.functional
 CIDR = "10.93.7.0/24"
 GATEWAY = "172.24.4.1"
 TIMEOUT = float(os.environ.get("ASTROSTACK_TEST_TIMEOUT", "180"))
-DHCLIENT_SCRIPT = """#!/bin/sh
-NS=$(ip netns identify)
-case "$reason" in
-  BOUND|RENEW|REBIND|REBOOT)
-    env | grep -E '^(new_|reason=)' | sort > "@DIR@/$NS.lease"
-    ip -4 addr flush dev "$interface"
-    ip addr add "$new_ip_address/$new_subnet_mask" dev "$interface"
-    [ -n "$new_interface_mtu" ] && ip link set "$interface" mtu "$new_interface_mtu"
-    for router in $new_routers; do ip route replace default via "$router" dev "$interface"; break; done
-    ;;
-esac
-exit 0
-"""
 
 
 def _unavailable(reason: str):
