@@ -2,6 +2,12 @@
 phase times, total, down, memory per VM and CPU, over several runs.
 
     python benchmarks/local_cloud.py [--runs 3] [--hosts 3 --nodes 12]
+    python benchmarks/local_cloud.py --against-baseline --config 3x12 --config 6x48 [--runs 3]
+
+With --against-baseline, each configuration is deployed by `up` and by the
+hand-run baseline (benchmarks/handrun_baseline.py: the same steps typed by an
+operator, none of astrostack's code), alternating which goes first, and the
+ratio of the medians is printed (target <= 1.1).
 
 Each run deploys a cluster named bench-lc-N exactly as a user does
 (`lifecycle.up`: pre-checks, the image pushed to the site registry, Heat,
@@ -76,12 +82,44 @@ def one_run(index: int, hosts: int, nodes: int) -> dict:
             "memory": statistics.mean(memory) if memory else 0.0, "vms": len(memory), "nodes": nodes}
 
 
+BASELINE_TARGET = 1.1
+
+
+def against_baseline(configs: list[str], runs: int) -> int:
+    """up and the hand-run baseline, alternating, RUNS times per configuration."""
+    import handrun_baseline
+
+    worst = 0.0
+    for config in configs:
+        hosts, nodes = (int(x) for x in config.split("x"))
+        ups, hands = [], []
+        for index in range(runs):
+            order = ("up", "hand") if index % 2 == 0 else ("hand", "up")
+            for side in order:
+                if side == "up":
+                    ups.append(one_run(index, hosts, nodes)["total"])
+                else:
+                    hands.append(handrun_baseline.run(hosts, nodes, name=f"bench-hand-{index}"))
+                print(f"{config} run {index} {side}: {(ups if side == 'up' else hands)[-1]:.1f} s", flush=True)
+        ratio = statistics.median(ups) / statistics.median(hands)
+        worst = max(worst, ratio)
+        print(f"{config}: up median {statistics.median(ups):.1f} s ({', '.join(f'{t:.0f}' for t in ups)}), "
+              f"hand-run median {statistics.median(hands):.1f} s ({', '.join(f'{t:.0f}' for t in hands)}): "
+              f"ratio {ratio:.2f} (target <= {BASELINE_TARGET})")
+    return 0 if worst <= BASELINE_TARGET else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--hosts", type=int, default=3)
     parser.add_argument("--nodes", type=int, default=12)
+    parser.add_argument("--against-baseline", action="store_true")
+    parser.add_argument("--config", action="append", help="HOSTSxNODES (with --against-baseline)")
     args = parser.parse_args()
+    if args.against_baseline:
+        sys.path.insert(0, str(Path(__file__).parent))
+        return against_baseline(args.config or ["3x12"], args.runs)
     runs = [one_run(i, args.hosts, args.nodes) for i in range(args.runs)]
     print(f"astrostack up of examples/local.yaml ({args.hosts} hosts, {args.nodes} nodes) on the local OpenStack")
     print(f"{'run':>3} {'stack':>7} {'hosts':>7} {'nodes':>7} {'up':>7} {'down':>7} {'cpu s':>7} "
