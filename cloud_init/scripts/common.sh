@@ -55,6 +55,11 @@ PY
   log "signalled $status: $reason"
 }
 
+# signal_ready REASON DATA_JSON: SUCCESS, or fail saying the signal could not be sent.
+signal_ready() {
+  signal SUCCESS "$1" "$2" || fail "could not signal SUCCESS to Heat's wait condition after 30 tries"
+}
+
 fail() {
   trap - ERR
   log "FAILED: $1"

@@ -76,6 +76,6 @@ else
   node_id=""
 fi
 
-signal SUCCESS "manager ready" "$(success_data "{\"swarm_node\": \"$node_id\", \"overlay_note\": \"$OVERLAY_REPORT\"}")"
+signal_ready "manager ready" "$(success_data "{\"swarm_node\": \"$node_id\", \"overlay_note\": \"$OVERLAY_REPORT\"}")"
 trap - ERR
 setsid /usr/local/sbin/astrostack-nodes >>/var/log/astrostack-nodes.log 2>&1 </dev/null &

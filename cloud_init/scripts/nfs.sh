@@ -93,4 +93,4 @@ PY
 prepare_volume
 export_share
 start_registry
-signal SUCCESS "nfs ready" "$(success_data "$NOTES")"
+signal_ready "nfs ready" "$(success_data "$NOTES")"

@@ -28,7 +28,7 @@ else
   node_id=""
 fi
 
-signal SUCCESS "worker ready" "$(success_data "{\"swarm_node\": \"$node_id\"}")"
+signal_ready "worker ready" "$(success_data "{\"swarm_node\": \"$node_id\"}")"
 trap - ERR
 if [ "$MODE" = mpi ]; then
   setsid /usr/local/sbin/astrostack-nodes >>/var/log/astrostack-nodes.log 2>&1 </dev/null &
