@@ -46,8 +46,10 @@ def node_key(tmp_path_factory) -> tuple[Path, Path]:
     return private, private.with_suffix(".pub")
 
 
-def wait_healthy(container, timeout: float) -> None:
-    """Wait for the image's health check (node file written, sshd listening)."""
+def wait_ready(container, timeout: float) -> None:
+    """Wait until the node is what the cluster's probe calls ready: its node file
+    written and its sshd accepting connections (the image has no HEALTHCHECK)."""
+    probe = ["bash", "-c", "test -s /etc/astrostack-node.json && exec 3<>/dev/tcp/127.0.0.1/22"]
     deadline = time.monotonic() + timeout
     while True:
         container.reload()
@@ -55,10 +57,11 @@ def wait_healthy(container, timeout: float) -> None:
         if state["Status"] in ("exited", "dead"):
             logs = container.logs().decode(errors="replace")
             pytest.fail(f"{container.name} exited {state['ExitCode']} while starting:\n{logs}")
-        if state.get("Health", {}).get("Status") == "healthy":
+        if state["Status"] == "running" and container.exec_run(probe).exit_code == 0:
             return
         if time.monotonic() > deadline:
-            pytest.fail(f"{container.name} not healthy within {timeout} s: {state.get('Health')}")
+            logs = container.logs().decode(errors="replace")
+            pytest.fail(f"{container.name} not ready (node file, sshd) within {timeout} s:\n{logs}")
         time.sleep(0.5)
 
 
@@ -104,7 +107,7 @@ def two_nodes(docker_client, mpi_image, node_key, tmp_path, wait_timeout):
             containers.append(container)
             nodes.append((container, share))
         for container, _ in nodes:
-            wait_healthy(container, wait_timeout)
+            wait_ready(container, wait_timeout)
         yield [(container, node_info(container), share) for container, share in nodes]
     finally:
         for container in containers:
