@@ -287,6 +287,66 @@ def test_a_database_of_another_schema_version_is_refused(tmp_path):
         pass
 
 
+V1_POINTS = """CREATE TABLE points (id INTEGER PRIMARY KEY, run_id INTEGER, hosts INTEGER, nodes INTEGER,
+    repeat INTEGER, cluster TEXT, cloud TEXT, flavors TEXT, image_digests TEXT, spec_hash TEXT, phases TEXT,
+    deploy_s REAL, creation_s REAL, compute_s REAL, ratio REAL, job_exit_code INTEGER, status TEXT,
+    error TEXT, evidence_dir TEXT)"""
+
+
+def test_a_version_1_database_gains_the_job_column_and_keeps_its_rows(tmp_path):
+    path = tmp_path / "bench.sqlite"
+    conn = sqlite3.connect(path)
+    conn.executescript("CREATE TABLE schema_version (version INTEGER NOT NULL); "
+                       f"INSERT INTO schema_version VALUES (1); {V1_POINTS};"
+                       "INSERT INTO points (id, hosts, nodes, status, error) VALUES (1, 3, 12, 'ok', '');")
+    conn.commit()
+    conn.close()
+
+    with db.open_db(path):
+        pass
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(db.SCHEMA_VERSION,)] == [(2,)]
+    assert conn.execute("SELECT hosts, nodes, job FROM points").fetchall() == [(3, 12, "{}")]
+    conn.close()
+
+
+def test_each_point_records_what_ran_and_the_report_shows_it_with_the_image_digest(tmp_path):
+    @dataclass
+    class SagecalOutcome(FakeJob):
+        params: tuple = ("-t", "5", "-n", "2")
+        threads: int = 2
+        threads_source: str = "2 vCPU(s) of flavor m1.small / 1 ranks on the busiest host"
+        ranks: int = 4
+
+    class SagecalCluster(FakeCluster):
+        def run_job(self, record, job):
+            done = super().run_job(record, job)
+            return SagecalOutcome(done.exit_code, done.started, done.finished, done.job_dir)
+
+    clock = SimClock()
+    job = {"profile": "sagecal-mpi", "ms": "data/*.MS", "sky_model": "s", "cluster_file": "c", "params": ["-t", "5"]}
+    matrix = small_matrix(points=[{"hosts": 3, "nodes": 12}], repeats=1, job=job)
+    runner.run_bench(matrix, SagecalCluster(clock, tmp_path), tmp_path / "bench.sqlite",
+                     clock=clock.monotonic, now=clock.now)
+    [row] = raw_points(tmp_path / "bench.sqlite")
+    assert json.loads(row["job"]) == {"profile": "sagecal-mpi", "params": ["-t", "5", "-n", "2"], "threads": 2,
+                                      "threads_source": "2 vCPU(s) of flavor m1.small / 1 ranks on the busiest host",
+                                      "ranks": 4}
+    [line] = json.loads(report.as_json(report.summarize(stored(tmp_path))))
+    assert line["job_params"] == "sagecal-mpi -t 5 -n 2"
+    assert line["image_digests"] == "astrostack/mpi-base:latest@sha256:" + "b" * 64
+    shown = io.StringIO()
+    Console(file=shown, width=200).print(report.as_table(report.summarize(stored(tmp_path))))
+    assert "3x12: sagecal-mpi -t 5 -n 2; image astrostack/mpi-base:latest@sha256:bbbb" in shown.getvalue()
+
+
+def test_a_job_that_never_ran_is_recorded_as_the_matrix_asked():
+    asked = {"profile": "sagecal-mpi", "params": ["-t", "5"]}
+    assert runner.job_facts(asked, None) == {"profile": "sagecal-mpi", "params": ["-t", "5"]}
+    assert runner.job_facts({"profile": "mpi", "command": ["/x", "1"]}, None) == {"profile": "mpi",
+                                                                                  "params": ["/x", "1"]}
+
+
 def test_the_live_cluster_never_destroys_a_cluster_it_did_not_deploy():
     spec = small_matrix().point_spec(small_matrix().points[0])
     state.save(ClusterRecord.from_spec(spec, stack_name=spec.name, status="ready"))

@@ -2,9 +2,12 @@
 
 Two tables: ``runs`` (one per ``astrostack bench run``) and ``points`` (one per
 deployment of a (hosts, nodes) point; ``repeat`` counts from 0). A
-``schema_version`` table holds the layout's version; a database of another
-version is refused rather than misread. Times are UTC ISO-8601 strings,
-durations are seconds, JSON columns hold JSON text.
+``schema_version`` table holds the layout's version; a database of version 1
+(before the ``job`` column) is brought to 2 when opened, one of another version
+is refused rather than misread. Times are UTC ISO-8601 strings, durations are
+seconds, JSON columns hold JSON text. ``job`` holds what ran: the profile, the
+program's parameters as run (for sagecal-mpi with -n, the threads chosen),
+the threads and where they came from, the ranks.
 """
 
 from __future__ import annotations
@@ -13,14 +16,14 @@ import contextlib
 import json
 import sqlite3
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
 from astrostack import paths
 from astrostack.errors import InvalidInput, show_path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -55,7 +58,8 @@ CREATE TABLE IF NOT EXISTS points (
     job_exit_code INTEGER,
     status TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
     error TEXT NOT NULL,
-    evidence_dir TEXT
+    evidence_dir TEXT,
+    job TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS points_by_size ON points (hosts, nodes);
 """
@@ -83,9 +87,12 @@ class PointRow:
     status: str
     error: str
     evidence_dir: Optional[str]
+    job: dict[str, Any] = field(default_factory=dict)
 
 
-JSON_COLUMNS = ("flavors", "image_digests", "phases")
+JSON_COLUMNS = ("flavors", "image_digests", "phases", "job")
+# Schema migrations: from version N, the statements that make it N + 1.
+MIGRATIONS = {1: ("ALTER TABLE points ADD COLUMN job TEXT NOT NULL DEFAULT '{}'",)}
 POINT_COLUMNS = tuple(field.name for field in fields(PointRow))
 
 
@@ -137,7 +144,14 @@ def _ensure_schema(conn: sqlite3.Connection, path: Path) -> None:
     if not versions:
         conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
         conn.commit()
-    elif versions != [SCHEMA_VERSION]:
+        return
+    while len(versions) == 1 and versions[0] in MIGRATIONS:
+        for statement in MIGRATIONS[versions[0]]:
+            conn.execute(statement)
+        conn.execute("UPDATE schema_version SET version = ?", (versions[0] + 1,))
+        conn.commit()
+        versions = [versions[0] + 1]
+    if versions != [SCHEMA_VERSION]:
         raise InvalidInput(f"{show_path(path)}: bench database schema {versions} is not {SCHEMA_VERSION}; "
                            "use another --db")
 

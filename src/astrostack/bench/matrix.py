@@ -7,6 +7,8 @@ each. The whole matrix is validated when it is loaded (``bench run``, ``bench
 schedule``, ``validate``): the job against the job schema (astrostack.job) and
 against every point (no more ranks than the point has), and every point's
 cluster spec, so a bad matrix fails before anything is deployed or scheduled.
+A job's ``upload.local_dir`` (data copied onto each fresh cluster's share) is
+relative to the matrix file.
 
 Each point deploys a cluster named ``<matrix name>-<hosts>x<nodes>``.
 """
@@ -123,10 +125,18 @@ def matrix_from_dict(data: Any, *, source: str = "<matrix>", base_dir: Path = Pa
         if not isinstance(spec_data, dict):
             raise InvalidInput(f"{source}: spec: {show_path(spec_path)} is not a YAML mapping")
         matrix = matrix.model_copy(update={"spec": spec_data})
+    matrix = matrix.model_copy(update={"job": resolve_upload(dict(matrix.job), base_dir)})
     job = check_job(matrix, source)
     for point in matrix.points:
         check_job_fits(job, matrix.point_spec(point), point, source)
     return matrix
+
+
+def resolve_upload(job: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    """The job's ``upload.local_dir`` (data copied onto each fresh cluster), relative to the matrix file."""
+    from astrostack.job import resolve_upload as resolve
+
+    return resolve(job, base_dir)
 
 
 def check_job(matrix: BenchMatrix, source: str) -> Any:

@@ -5,6 +5,11 @@ Only ``ok`` points enter the numbers; ``failed`` counts the others. The ratio
 is aggregated per deployment (the median of deploy_s / compute_s), not as a
 ratio of medians, and shown in percent as in the paper. CSV and JSON round
 to 4 decimals (0.1 ms; 0.0001 %), the table to 1 as the paper does.
+
+Each line also says what was measured: the job's parameters as run (for
+sagecal-mpi with the threads chosen) and the application image's digest, each
+distinct value of the line's deployments (JSON and CSV: ``job_params`` and
+``image_digests``; the table: a note per line under it).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from rich.markup import escape
 from rich.table import Table
 
 from astrostack.bench.db import PointRow
@@ -58,14 +64,18 @@ class PointSummary:
     n: int
     failed: int
     metrics: dict[str, Spread] = field(default_factory=dict)
+    job_params: list[str] = field(default_factory=list)  # distinct parameter lines of the deployments
+    image_digests: list[str] = field(default_factory=list)  # distinct "image@digest" of the deployments
 
     def flat(self) -> dict[str, Any]:
-        """``hosts, nodes, n, failed, compute_s_median, compute_s_min, ...`` (CSV and JSON)."""
+        """``hosts, nodes, n, failed, compute_s_median, compute_s_min, ..., job_params, image_digests`` (CSV, JSON)."""
         row: dict[str, Any] = {"hosts": self.hosts, "nodes": self.nodes, "n": self.n, "failed": self.failed}
         for key, _, _ in METRICS:
             for stat in STATS:
                 value = getattr(self.metrics[key], stat)
                 row[f"{key}_{stat}"] = None if value is None else round(value, DECIMALS)
+        row["job_params"] = "; ".join(self.job_params)
+        row["image_digests"] = "; ".join(self.image_digests)
         return row
 
 
@@ -81,7 +91,19 @@ def _summary(hosts: int, nodes: int, rows: list[PointRow]) -> PointSummary:
     ok = [row for row in rows if row.status == "ok"]
     metrics = {key: Spread.of(_scaled(getattr(row, STORED_COLUMN[key]), scale) for row in ok)
                for key, _, scale in METRICS}
-    return PointSummary(hosts, nodes, n=len(ok), failed=len(rows) - len(ok), metrics=metrics)
+    return PointSummary(hosts, nodes, n=len(ok), failed=len(rows) - len(ok), metrics=metrics,
+                        job_params=_distinct(_params(row) for row in rows),
+                        image_digests=_distinct(f"{image}@{digest}" for row in rows
+                                                for image, digest in sorted(row.image_digests.items())))
+
+
+def _params(row: PointRow) -> str:
+    job = row.job or {}
+    return " ".join([job.get("profile", "?"), *job.get("params", [])]) if job else ""
+
+
+def _distinct(values: Iterable[str]) -> list[str]:
+    return [value for value in dict.fromkeys(values) if value]
 
 
 def _scaled(value: Optional[float], scale: float) -> Optional[float]:
@@ -97,7 +119,8 @@ def as_json(summaries: list[PointSummary]) -> str:
 
 def as_csv(summaries: list[PointSummary]) -> str:
     buffer = io.StringIO()
-    header = ["hosts", "nodes", "n", "failed"] + [f"{key}_{stat}" for key, _, _ in METRICS for stat in STATS]
+    header = (["hosts", "nodes", "n", "failed"] + [f"{key}_{stat}" for key, _, _ in METRICS for stat in STATS]
+              + ["job_params", "image_digests"])
     writer = csv.DictWriter(buffer, fieldnames=header, lineterminator="\n")
     writer.writeheader()
     for summary in summaries:
@@ -115,6 +138,10 @@ def as_table(summaries: list[PointSummary]) -> Table:
     for summary in summaries:
         cells = [str(summary.hosts), str(summary.nodes), str(summary.n), str(summary.failed)]
         table.add_row(*cells, *(_cell(summary.metrics[key]) for key, _, _ in METRICS))
+    notes = [f"{summary.hosts}x{summary.nodes}: {' | '.join(summary.job_params) or '-'}; "
+             f"image {' | '.join(summary.image_digests) or '-'}" for summary in summaries]
+    table.caption = escape("\n".join(notes))
+    table.caption_justify = "left"
     return table
 
 

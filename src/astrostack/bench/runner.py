@@ -175,6 +175,7 @@ class Attempt:
     """One deployment of one point while it runs."""
 
     spec: ClusterSpec
+    job_spec: dict[str, Any] = field(default_factory=dict)
     marks: dict[str, Any] = field(default_factory=dict)
     record: Optional[ClusterRecord] = None
     job: Optional[JobOutcome] = None
@@ -191,7 +192,7 @@ class Attempt:
 def measure_point(matrix: BenchMatrix, point: Point, repeat: int, run_id: int, cluster: Cluster,
                   waits: Waits) -> db.PointRow:
     """Deploy, run the job, destroy (always); the row to store, ok or failed."""
-    attempt = Attempt(spec=matrix.point_spec(point))
+    attempt = Attempt(spec=matrix.point_spec(point), job_spec=dict(matrix.job))
     try:
         attempt.record = waits.call(attempt.marks, "deploy", cluster.deploy, attempt.spec)
         attempt.job = waits.call(attempt.marks, "job", cluster.run_job, attempt.record, dict(matrix.job))
@@ -236,7 +237,21 @@ def point_row(attempt: Attempt, point: Point, repeat: int, run_id: int) -> db.Po
         status="failed" if attempt.errors else "ok",
         error="; ".join(attempt.errors),
         evidence_dir=attempt.evidence_dir or _job_dir(job) or (record.evidence_dir if record else None),
+        job=job_facts(attempt.job_spec, job),
     )
+
+
+def job_facts(asked: dict[str, Any], job: Optional[JobOutcome]) -> dict[str, Any]:
+    """What ran: the profile, the program's parameters as run (sagecal-mpi: with the -n chosen),
+    the threads per rank and where that number came from, the ranks; the matrix's job if it never ran."""
+    facts: dict[str, Any] = {"profile": asked.get("profile", "mpi")}
+    params = getattr(job, "params", None) or asked.get("params") or asked.get("command") or []
+    facts["params"] = [str(part) for part in params]
+    for name in ("threads", "threads_source", "ranks"):
+        value = getattr(job, name, None)
+        if value not in (None, ""):
+            facts[name] = value
+    return facts
 
 
 def creation_seconds(record: ClusterRecord) -> Optional[float]:
