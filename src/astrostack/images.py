@@ -2,7 +2,11 @@
 
 No registry is reachable from the test machines, so the base image is made
 from Debian's mirror with ``debootstrap`` and imported; every other image is
-``images/<name>/Dockerfile`` built FROM it with the classic builder.
+``images/<name>/Dockerfile`` built FROM it with the classic builder. A recipe
+with a ``requirements.txt`` (pinned Python packages) gets them as wheels that
+this machine's pip downloads into a copy of its context (``wheels/``): the
+build installs them offline, so it needs no trust in this machine's network
+path to PyPI inside the build container.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
 from collections.abc import Iterable
@@ -26,6 +31,10 @@ BASE_IMAGE = "astrostack/debian:bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 SUITE = "bookworm"
 DEBOOTSTRAP_TIMEOUT_S = 900
+WHEELS_TIMEOUT_S = 900
+# The base image's Python (Debian 12's python3, its micro version for the markers), for which wheels are downloaded.
+BASE_PYTHON = "3.11.2"
+WHEEL_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 
 Progress = Optional[Callable[[str], None]]
 
@@ -119,10 +128,37 @@ def build(name: str, progress: Progress = None, *, context: Path | None = None,
     if not (context / "Dockerfile").is_file():
         raise LocalCloudError(f"no Dockerfile in {context}")
     tag = f"astrostack/{name}:latest"
+    if not (context / "requirements.txt").is_file():
+        return _build_context(context, tag, progress, buildargs)
+    with tempfile.TemporaryDirectory(prefix=f"build-{name}-") as work:
+        copy = Path(work) / name
+        shutil.copytree(context, copy, symlinks=True)
+        download_wheels(copy / "requirements.txt", copy / "wheels", progress)
+        return _build_context(copy, tag, progress, buildargs)
+
+
+def _build_context(context: Path, tag: str, progress: Progress, buildargs: dict | None) -> str:
     stream = _client().api.build(path=str(context), tag=tag, rm=True, forcerm=True,
                                  decode=True, buildargs=buildargs or {})
     _follow_build(stream, tag, progress)
     return image_digest(tag)
+
+
+def download_wheels(requirements: Path, target: Path, progress: Progress = None) -> None:
+    """The wheels of REQUIREMENTS (and their dependencies) for the base image's
+    Python on x86_64 Linux, by this machine's pip, into TARGET."""
+    platforms = [arg for platform in WHEEL_PLATFORMS for arg in ("--platform", platform)]
+    command = [sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(target), "--only-binary=:all:",
+               *platforms, "--python-version", BASE_PYTHON, "--implementation", "cp", "-r", str(requirements)]
+    _say(progress, f"downloading the wheels of {requirements}")
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=WHEELS_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise LocalCloudError(f"pip download of {requirements} did not finish within {WHEELS_TIMEOUT_S} s") from exc
+    if done.returncode != 0:
+        errors = [line for line in done.stderr.splitlines() if line.startswith("ERROR")] or ["no message"]
+        raise LocalCloudError(f"pip download of {requirements} failed: {errors[-1]}",
+                              hint="this machine's pip must reach PyPI (or an index of its pip.conf)")
 
 
 def _follow_build(stream: Iterable[dict], tag: str, progress: Progress) -> None:

@@ -13,7 +13,7 @@ app = typer.Typer(help="Build images (images/NAME) with the docker SDK and push 
 
 @app.command("build")
 def build(
-    names: list[str] = typer.Argument(..., help="Image recipes under images/: vm, mpi-base, sagecal."),
+    names: list[str] = typer.Argument(..., help="Image recipes under images/: vm, mpi-base, sagecal, dask."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the build log."),
     as_json: bool = typer.Option(False, "--json", help="Print the digests as JSON."),
 ) -> None:
