@@ -141,6 +141,33 @@ prefetch_app_image() {
   setsid docker pull -q "$(image_ref)" >/var/log/astrostack-prefetch.log 2>&1 </dev/null &
 }
 
+# The application image is in the cluster's registry (or the spec's) once
+# astrostack has pushed it there: wait for it (bounded) rather than let every
+# task fail on "manifest unknown". An image in another registry is pulled as is.
+# Called by the scripts that start containers (nodes.sh, taskqueue.sh), which
+# define `status` (their report on the share).
+wait_for_image() {
+  case "$APP_IMAGE" in */*/*|*.*/*|*:[0-9]*/*) return 0 ;; esac
+  status starting "waiting for $(image_ref) in the registry"
+  python3 - "$(registry_address)" "$APP_IMAGE" "$NODES_TIMEOUT" <<'PY' || fail "$(image_ref) did not appear in the registry within $NODES_TIMEOUT s"
+import sys, time, urllib.error, urllib.request
+registry, image, timeout = sys.argv[1], sys.argv[2], float(sys.argv[3])
+repository, _, tag = image.rpartition(":") if ":" in image.rsplit("/", 1)[-1] else (image, "", "latest")
+request = urllib.request.Request(f"http://{registry}/v2/{repository}/manifests/{tag}", method="HEAD", headers={
+    "Accept": "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json"})
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+deadline = time.monotonic() + timeout
+while time.monotonic() < deadline:
+    try:
+        opener.open(request, timeout=10)
+        sys.exit(0)
+    except (urllib.error.URLError, OSError):
+        time.sleep(2)
+sys.exit(1)
+PY
+  mark image_available
+}
+
 # install_missing PACKAGE...: apt-get only what the image lacks (one update).
 install_missing() {
   local missing=() pkg

@@ -1,7 +1,8 @@
 #!/bin/bash
 # Manager host: Docker, the share, `docker swarm init` and the overlay network
 # (swarm mode) or the cluster's SSH key (mpi mode); then signal Heat and
-# start the MPI containers in the background.
+# start the MPI containers in the background (a task queue: the Dask
+# scheduler, and Redis where the spec puts it).
 # shellcheck source=common.sh
 . /usr/local/lib/astrostack/common.sh
 
@@ -68,7 +69,9 @@ make_cluster_ssh_key() {
   mark ssh_key
 }
 
-if [ "$MODE" = swarm ]; then
+if [ "$KIND" = task-queue ]; then
+  node_id=""
+elif [ "$MODE" = swarm ]; then
   init_swarm
   node_id=$(docker info --format '{{.Swarm.NodeID}}')
 else

@@ -1,6 +1,7 @@
 #!/bin/bash
 # Worker host: Docker, the share (bounded retries), then `docker swarm join`
-# (swarm mode) or the cluster's SSH key (mpi mode); then signal Heat.
+# (swarm mode) or the cluster's SSH key (mpi mode); then signal Heat and (mpi
+# mode) start the MPI container, or (a task queue) the Dask worker and Redis.
 # shellcheck source=common.sh
 . /usr/local/lib/astrostack/common.sh
 
@@ -21,7 +22,7 @@ join_swarm() {
   mark swarm_joined
 }
 
-if [ "$MODE" = swarm ]; then
+if [ "$MODE" = swarm ] && [ "$KIND" != task-queue ]; then
   join_swarm
   node_id=$(docker info --format '{{.Swarm.NodeID}}')
 else
@@ -30,6 +31,6 @@ fi
 
 signal_ready "worker ready" "$(success_data "{\"swarm_node\": \"$node_id\"}")"
 trap - ERR
-if [ "$MODE" = mpi ]; then
+if [ "$MODE" = mpi ] || [ "$KIND" = task-queue ]; then
   setsid /usr/local/sbin/astrostack-nodes >>/var/log/astrostack-nodes.log 2>&1 </dev/null &
 fi

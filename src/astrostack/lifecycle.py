@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional
 from astrostack import cloud, images, keys, marks, paths, state
 from astrostack import stack as heat_stack
 from astrostack.cleanup import OpenStackSweeper, SweepResult, sweep
+from astrostack.cluster import dask as task_queue
 from astrostack.cluster import mpi as mpi_mode
 from astrostack.cluster import registry as cluster_registry
 from astrostack.cluster import swarm
@@ -540,8 +541,16 @@ def scale(name: str, hosts: int, nodes: Optional[int] = None, *, runtime: Runtim
 
 
 def resized(old: ClusterSpec, hosts: int, nodes: Optional[int]) -> ClusterSpec:
-    """OLD with HOSTS hosts and NODES nodes (default: the same nodes per host)."""
+    """OLD with HOSTS hosts and NODES nodes (default: the same nodes per host; a task
+    queue's nodes follow its worker VMs)."""
     data = old.model_dump(mode="json")
+    if old.is_task_queue:
+        if nodes is not None:
+            raise InvalidInput(f"--nodes: cluster {old.name} is a task queue: its nodes are its Dask worker "
+                               "processes, (hosts - 1) x task_queue.processes; give --hosts only")
+        data.pop("nodes")
+        data.update(hosts=hosts)
+        return spec_from_dict(data, source="scale")
     data.update(hosts=hosts, nodes=nodes if nodes is not None else max(hosts, old.nodes * hosts // old.hosts))
     return spec_from_dict(data, source="scale")
 
@@ -557,7 +566,10 @@ def _resize(old: ClusterSpec, new: ClusterSpec, heat: Heat, ref: StackRef, manag
             record: state.ClusterRecord, runtime: Runtime) -> None:
     """Update the stack to NEW's size and wait, as `up` does, until NEW is ready."""
     removed = [f"{old.name}-worker-{i}" for i in range(new.workers, old.workers)]
-    if removed and old.mode is Mode.swarm:
+    if removed and old.is_task_queue:
+        runtime.note(f"retiring the Dask workers of {', '.join(removed)} (their data moves to the other workers)")
+        task_queue.retire(manager, [f"worker-{i}" for i in range(new.workers, old.workers)])
+    elif removed and old.mode is Mode.swarm:
         runtime.note(f"draining {', '.join(removed)} (their tasks move to the other hosts)")
         swarm.drain(manager, removed)
     minutes = max(1, -(-(new.timeouts.stack_create + new.timeouts.hosts_ready) // 60))
@@ -579,8 +591,9 @@ def _resize(old: ClusterSpec, new: ClusterSpec, heat: Heat, ref: StackRef, manag
 def _follow_hosts(old: ClusterSpec, new: ClusterSpec, manager: StackManagerAccess, removed_hosts: list[str],
                   removed_nodes: list[str]) -> None:
     """The containers follow the hosts: Swarm forgets removed nodes and the worker
-    service takes the new count; MPI mode forgets removed hosts' reports."""
-    if new.mode is Mode.swarm:
+    service takes the new count; MPI mode and a task queue forget removed hosts' reports
+    (a task queue's new workers start their Dask worker as they boot)."""
+    if new.mode is Mode.swarm and not new.is_task_queue:
         swarm.forget_nodes(manager, removed_nodes)
         swarm.scale_workers(new, manager)
     else:

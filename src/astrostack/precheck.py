@@ -105,7 +105,7 @@ def _check_names(spec: ClusterSpec, conn: Any) -> dict[str, Any]:
 
 def plan_needs(spec: ClusterSpec, flavors: dict[str, Any]) -> dict[str, int]:
     manager, worker, nfs = flavors["manager"], flavors["worker"], flavors["nfs"]
-    groups, rules = security_group_plan(spec.mode.value)
+    groups, rules = security_group_plan(spec.mode.value, spec.kind.value)
     return {
         "instances": spec.hosts + 1,
         "cores": manager.vcpus + worker.vcpus * spec.workers + nfs.vcpus,
@@ -148,11 +148,12 @@ def _left(limit: int | None, used: int | None) -> int:
     return max(0, limit - (used or 0))
 
 
-def security_group_plan(mode: str) -> tuple[int, int]:
-    """(security groups, their rules) heat_templates/cluster.yaml creates in MODE,
-    Neutron's default egress rules included: counted from the template itself."""
+def security_group_plan(mode: str, kind: str = "mpi-cluster") -> tuple[int, int]:
+    """(security groups, their rules) heat_templates/cluster.yaml creates in MODE
+    for a cluster of KIND, Neutron's default egress rules included: counted from
+    the template itself."""
     template = yaml.safe_load((paths.heat_templates_dir() / "cluster.yaml").read_text())
-    conditions = {"mpi_mode": mode == "mpi"}
+    conditions = {"mpi_mode": mode == "mpi", "task_queue": kind == "task-queue"}
     groups = [r for r in template["resources"].values() if r["type"] == "OS::Neutron::SecurityGroup"]
     rules = sum(len(_evaluated(g["properties"].get("rules", []), conditions)) for g in groups)
     return len(groups), rules + NEUTRON_DEFAULT_EGRESS_RULES * len(groups)

@@ -62,6 +62,22 @@ ROLE_SCRIPTS = {
         ("nodes.sh", "/usr/local/sbin/astrostack-nodes"),
     ],
 }
+# A task queue's hosts start Dask and Redis (taskqueue.sh) where an MPI
+# cluster's start their MPI containers (nodes.sh): the same step, astrostack-nodes.
+TASK_QUEUE_SCRIPTS = {
+    "nfs": ROLE_SCRIPTS["nfs"],
+    "manager": [("manager.sh", "/usr/local/sbin/astrostack-manager"),
+                ("taskqueue.sh", "/usr/local/sbin/astrostack-nodes")],
+    "worker": [("worker.sh", "/usr/local/sbin/astrostack-worker"),
+               ("taskqueue.sh", "/usr/local/sbin/astrostack-nodes")],
+}
+# The ports of a task queue (heat_templates/cluster.yaml opens them).
+SCHEDULER_PORT = 8786
+DASHBOARD_PORT = 8787
+REDIS_PORT = 6379
+DASK_PORTS = "40000:40499"  # the workers' (the nannies' follow: 40500:40999)
+NANNY_PORTS = "40500:40999"
+
 # The value each role's HOST_ID takes; workers get theirs from the ResourceGroup.
 ROLE_HOST_ID = {"nfs": "nfs", "manager": "manager", "worker": "__ASTROSTACK_HOST_ID__"}
 
@@ -127,9 +143,29 @@ def host_env(spec: ClusterSpec, role: str) -> dict[str, Any]:
         "PACKAGES": " ".join(ROLE_PACKAGES[role]),
         "INSTALL_PACKAGES": str(spec.servers.install_packages).lower(),
     }
+    env.update(task_queue_env(spec))
     for fault in spec.faults:
         env[f"FAULT_{fault.host.replace('-', '_')}"] = fault.fault
     return env
+
+
+def task_queue_env(spec: ClusterSpec) -> dict[str, Any]:
+    """KIND, and a task queue's settings for taskqueue.sh (none for an MPI cluster)."""
+    if not spec.is_task_queue:
+        return {"KIND": spec.kind.value}
+    queue = spec.queue
+    return {
+        "KIND": spec.kind.value,
+        "TQ_PROCESSES": queue.processes,
+        "TQ_THREADS": queue.threads,
+        "TQ_REDIS": queue.redis.value,
+        "TQ_DASHBOARD": str(queue.dashboard).lower(),
+        "TQ_SCHEDULER_PORT": SCHEDULER_PORT,
+        "TQ_DASHBOARD_PORT": DASHBOARD_PORT,
+        "TQ_REDIS_PORT": REDIS_PORT,
+        "TQ_WORKER_PORTS": DASK_PORTS,
+        "TQ_NANNY_PORTS": NANNY_PORTS,
+    }
 
 
 def render_user_data(spec: ClusterSpec, role: str, env: jinja2.Environment | None = None) -> str:
@@ -143,7 +179,7 @@ def render_user_data(spec: ClusterSpec, role: str, env: jinja2.Environment | Non
             version=__version__,
             env=host_env(spec, role),
             scripts=scripts,
-            role_scripts=ROLE_SCRIPTS[role],
+            role_scripts=(TASK_QUEUE_SCRIPTS if spec.is_task_queue else ROLE_SCRIPTS)[role],
         )
     except jinja2.TemplateError as exc:
         raise TemplateError(f"cloud_init/host.yaml.j2 ({role}): {exc}") from None
@@ -168,6 +204,7 @@ def stack_parameters(spec: ClusterSpec, ssh_public_key: str = "") -> dict[str, A
     return {
         "cluster_name": spec.name,
         "cluster_mode": spec.mode.value,
+        "cluster_kind": spec.kind.value,
         "cluster_tags": ",".join(cluster_tags(spec)),
         "worker_count": spec.workers,
         "manager_image": servers.manager.image or servers.image,

@@ -124,6 +124,16 @@ class Mode(str, Enum):
     mpi = "mpi"
 
 
+class Kind(str, Enum):
+    mpi_cluster = "mpi-cluster"
+    task_queue = "task-queue"
+
+
+class RedisPlacement(str, Enum):
+    per_worker = "per-worker"
+    scheduler = "scheduler"
+
+
 class OnFailure(str, Enum):
     rollback = "rollback"
     keep = "keep"
@@ -329,6 +339,23 @@ class Timeouts(_Section):
         return self.stack_create + self.hosts_ready + self.nodes_ready
 
 
+DASK_IMAGE = "astrostack/dask:latest"
+
+
+class TaskQueue(_Section):
+    """A task-queue cluster (kind: task-queue): a Dask scheduler on the manager,
+    one Dask worker per worker VM, and a Redis result store."""
+
+    processes: StrictInt = Field(default=1, ge=1, le=64, description="Dask worker processes per worker VM.")
+    threads: StrictInt = Field(default=1, ge=1, le=256, description="Threads per Dask worker process.")
+    redis: RedisPlacement = Field(
+        default=RedisPlacement.scheduler,
+        description="Where the Redis result store runs: `scheduler` (one, on the manager) or `per-worker` "
+        "(one on each worker VM, holding the results of the tasks that VM ran).",
+    )
+    dashboard: StrictBool = Field(default=True, description="Serve Dask's dashboard (8787, from ssh.allowed_cidr only).")
+
+
 FaultKind = Literal["cloud-init-fail", "never-signal", "die-after-boot"]
 
 
@@ -342,6 +369,8 @@ class ClusterSpec(_Section):
 
     name: str = Field(description="Cluster name: DNS-safe, 1-32 chars, lower case.")
     cloud: str = Field(default="local", description="clouds.yaml cloud name, or `local`.")
+    kind: Kind = Field(default=Kind.mpi_cluster, description="`mpi-cluster` (MPI ranks in containers) or "
+                       "`task-queue` (a Dask scheduler and workers with a Redis result store).")
     mode: Mode = Field(default=Mode.swarm, description="`swarm` (Docker Swarm services) or `mpi` (plain MPI hosts).")
     hosts: StrictInt = Field(default=3, ge=1, le=1000, description="VMs that run containers, manager included.")
     nodes: StrictInt = Field(default=12, ge=1, le=100000, description="MPI ranks (containers in swarm mode), master included.")
@@ -352,6 +381,7 @@ class ClusterSpec(_Section):
     overlay: Overlay = Overlay()
     registry: Registry = Registry()
     application: Application = Application()
+    task_queue: Optional[TaskQueue] = Field(default=None, description="kind: task-queue only: Dask workers and Redis.")
     timeouts: Timeouts = Timeouts()
     on_failure: OnFailure = Field(default=OnFailure.rollback, description="`rollback` (delete everything) or `keep` for debugging.")
     tags: list[str] = Field(default_factory=list, description="Extra tags on every taggable resource.")
@@ -388,7 +418,11 @@ class ClusterSpec(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> ClusterSpec:
-        if self.nodes < self.hosts:
+        if self.kind is Kind.task_queue:
+            _settle_task_queue(self)
+        elif self.task_queue is not None:
+            raise ValueError("task_queue: only for kind: task-queue (this spec is kind: mpi-cluster)")
+        if self.kind is Kind.mpi_cluster and self.nodes < self.hosts:
             raise ValueError(f"nodes: {self.nodes} is fewer than hosts ({self.hosts}): every host runs at least one rank")
         _check_overlay_capacity(self)
         _check_overlay_apart_from_network(self)
@@ -408,6 +442,15 @@ class ClusterSpec(_Section):
     # Derived values -----------------------------------------------------
 
     @property
+    def is_task_queue(self) -> bool:
+        return self.kind is Kind.task_queue
+
+    @property
+    def queue(self) -> TaskQueue:
+        """The task-queue settings (defaults for a task-queue spec that gives none)."""
+        return self.task_queue or TaskQueue()
+
+    @property
     def workers(self) -> int:
         """Worker VMs (hosts minus the manager)."""
         return self.hosts - 1
@@ -424,7 +467,11 @@ class ClusterSpec(_Section):
         return FIXED_HEAT_RESOURCES + HEAT_RESOURCES_PER_WORKER * self.workers
 
     def spec_hash(self) -> str:
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        data = self.model_dump(mode="json")
+        if self.kind is Kind.mpi_cluster:  # the hash of an MPI cluster's spec as before kinds existed
+            data.pop("kind")
+            data.pop("task_queue")
+        canonical = json.dumps(data, sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def warnings(self) -> list[str]:
@@ -443,8 +490,28 @@ class ClusterSpec(_Section):
         return None
 
 
+def _settle_task_queue(spec: ClusterSpec) -> None:
+    """A task-queue cluster: the scheduler on the manager and at least one worker VM;
+    its nodes are its Dask worker processes, derived, never chosen."""
+    if spec.hosts < 2:
+        raise ValueError(f"hosts: {spec.hosts}: a task-queue cluster needs at least 2 hosts (the scheduler VM "
+                         "and one worker VM)")
+    if spec.mode is Mode.mpi:
+        raise ValueError("mode: mpi is for kind mpi-cluster; a task-queue cluster runs its Dask and Redis "
+                         "containers on the hosts' network (leave mode out)")
+    if spec.task_queue is None:
+        spec.task_queue = TaskQueue()
+    workers = spec.workers * spec.task_queue.processes
+    if "nodes" in spec.model_fields_set and spec.nodes != workers:
+        raise ValueError(f"nodes: {spec.nodes}: a task-queue cluster's nodes are its Dask worker processes, "
+                         f"(hosts - 1) x task_queue.processes = {workers}; leave nodes out")
+    spec.nodes = workers
+    if "application" not in spec.model_fields_set:
+        spec.application = Application(image=DASK_IMAGE)
+
+
 def _check_overlay_capacity(spec: ClusterSpec) -> None:
-    if spec.mode is not Mode.swarm:
+    if spec.mode is not Mode.swarm or spec.kind is Kind.task_queue:
         return
     net = ipaddress.IPv4Network(spec.overlay.subnet)
     usable = net.num_addresses - OVERLAY_RESERVED_ADDRESSES - spec.hosts
@@ -613,7 +680,10 @@ def starter_spec(name: str = "my-cluster", cloud: str = "local", filename: str =
 
 __all__ = [
     "ClusterSpec",
+    "Kind",
     "Mode",
+    "RedisPlacement",
+    "TaskQueue",
     "OnFailure",
     "load_spec",
     "parse_spec",

@@ -41,8 +41,9 @@ def resolve(value, mode: str):
         return [item for part in resolve(argument, mode) for item in part]
     if function == "if":
         condition, when_true, when_false = argument
-        assert condition == "mpi_mode", condition
-        return resolve(when_true if mode == "mpi" else when_false, mode)
+        assert condition in ("mpi_mode", "task_queue"), condition
+        return resolve(when_true if mode == {"mpi_mode": "mpi", "task_queue": "task-queue"}[condition] else when_false,
+                       mode)
     return value
 
 

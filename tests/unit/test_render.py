@@ -376,7 +376,7 @@ def _groups_of(node: Any) -> set[str]:
 
 def rules_in_mode(rules: Any, mode: str) -> list[dict[str, Any]]:
     """A group's rules as Heat resolves them in MODE (list_concat, if mpi_mode)."""
-    return _evaluated(rules, {"mpi_mode": mode == "mpi"})
+    return _evaluated(rules, {"mpi_mode": mode == "mpi", "task_queue": mode == "task-queue"})
 
 
 @pytest.fixture(scope="module", params=["swarm", "mpi"])

@@ -1,6 +1,9 @@
 """Readiness of the nodes, fed to the monitor: hosts are Swarm nodes
 Ready/Active, nodes are running tasks, and an `mpirun -np <nodes>` smoke
-test across all of them must succeed before the cluster is "ready"."""
+test across all of them must succeed before the cluster is "ready". A task
+queue's nodes are its Dask worker processes registered with the scheduler,
+and its smoke test a task mapped on every one of them and the Redis stores
+written and read back."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from astrostack.cluster import dask as task_queue
 from astrostack.cluster import mpi as mpi_mode
 from astrostack.cluster import swarm
 from astrostack.cluster.access import ClusterAccessError, ManagerAccess
@@ -27,6 +31,12 @@ class Liveness:
 
 def liveness(spec: ClusterSpec, access: ManagerAccess) -> Liveness:
     """Hosts and nodes as they are now, from one look through the manager (no smoke test)."""
+    if spec.is_task_queue:
+        queue = task_queue.observe(spec, access)
+        return Liveness(len(queue.reports.running), queue.workers,
+                        f"task queue: {len(queue.reports.running)}/{spec.hosts} hosts run their containers, "
+                        f"{queue.workers}/{spec.nodes} Dask workers registered"
+                        + (f"; {queue.scheduler_error}" if queue.scheduler_error else ""))
     if spec.mode is Mode.swarm:
         view = swarm.observe(spec, access)
         return Liveness(view.nodes_ready, view.tasks_running,
@@ -38,8 +48,10 @@ def liveness(spec: ClusterSpec, access: ManagerAccess) -> Liveness:
                     f"mpi: {len(hosts.running)}/{spec.hosts} hosts run their MPI container")
 
 
-def probe_for(spec: ClusterSpec, access: ManagerAccess) -> SwarmNodeProbe | MpiNodeProbe:
-    """The node probe of the spec's mode, looking at the cluster through ACCESS."""
+def probe_for(spec: ClusterSpec, access: ManagerAccess) -> SwarmNodeProbe | MpiNodeProbe | TaskQueueProbe:
+    """The node probe of the spec's kind and mode, looking at the cluster through ACCESS."""
+    if spec.is_task_queue:
+        return TaskQueueProbe(spec, access)
     return SwarmNodeProbe(spec, access) if spec.mode is Mode.swarm else MpiNodeProbe(spec, access)
 
 
@@ -127,3 +139,38 @@ class MpiNodeProbe:
                             detail=f"mpirun -np {self.spec.nodes} smoke test ok across {self.spec.hosts} hosts")
         return NodeView(ready=ready, smoke_ok=False, requests=3,
                         detail=f"mpirun smoke test not yet ok (exit {result.exit_code}): {result.output.strip()[-200:]}")
+
+
+class TaskQueueProbe:
+    """A task queue: every host's containers started (from the share), then exactly
+    workers x processes Dask workers registered, then the smoke test; one round trip."""
+
+    def __init__(self, spec: ClusterSpec, access: ManagerAccess):
+        self.spec = spec
+        self.access = access
+        self.smoke_result: Optional[dict[str, Any]] = None
+
+    def observe_nodes(self) -> NodeView:
+        try:
+            view = task_queue.observe(self.spec, self.access, smoke=True)
+        except ClusterAccessError as exc:
+            return NodeView(ready=0, requests=1, detail=f"manager not reachable yet: {exc}")
+        if view.reports.failures:
+            return NodeView(ready=view.workers, failure=view.reports.failures[0], requests=1)
+        expected = self.spec.nodes
+        detail = (f"task queue: {len(view.reports.running)}/{self.spec.hosts} hosts run their containers, "
+                  f"{view.workers}/{expected} Dask workers registered")
+        if view.scheduler_error and len(view.reports.running) == self.spec.hosts:
+            detail += f" ({view.scheduler_error})"
+        if view.workers != expected or view.smoke is None:
+            if view.workers > expected:
+                detail += " (waiting for removed workers to leave the scheduler)"
+            return NodeView(ready=min(view.workers, expected) if view.workers != expected else 0, requests=1,
+                            detail=detail)
+        if view.smoke_ok:
+            self.smoke_result = view.smoke
+            return NodeView(ready=view.workers, smoke_ok=True, requests=1,
+                            detail=f"task queue: {expected} Dask workers registered, a smoke task ran on each "
+                                   f"and {len(view.smoke.get('redis', {}))} Redis store(s) answer")
+        return NodeView(ready=view.workers, smoke_ok=False, requests=1,
+                        detail=f"task-queue smoke test not yet ok: {view.smoke}")
