@@ -188,7 +188,7 @@ def test_help_lists_every_command_as_loading_them_would():
 
     assert help_text(typer_group()) == help_text(loaded)
     assert list(lazy_commands()) == ["render", "validate", "up", "status", "list", "down", "scale", "rollback",
-                                     "sweep", "exec", "ssh", "logs", "run", "jobs", "fetch", "spec", "local",
+                                     "sweep", "exec", "ssh", "logs", "run", "jobs", "fetch", "connect", "spec", "local",
                                      "image", "bench"]
 
 

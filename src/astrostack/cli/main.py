@@ -36,7 +36,7 @@ from astrostack.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_INVALID_INPUT
 
 # Where the commands live, in the order `--help` lists them: modules whose
 # register(root) adds top-level commands, then the command groups.
-COMMAND_MODULES = ("spec_cmds", "cluster_cmds", "access_cmds", "job_cmds")
+COMMAND_MODULES = ("spec_cmds", "cluster_cmds", "access_cmds", "job_cmds", "taskqueue_cmds")
 GROUP_MODULES = {"spec": "spec_cmds", "local": "local_cmds", "image": "image_cmds", "bench": "bench_cmds"}
 DEBUG_HINT = "rerun with --debug for the traceback"
 

@@ -1,0 +1,1 @@
+"""Task-queue clusters (kind: task-queue): `task-map` jobs and `connect`."""
