@@ -74,22 +74,89 @@ def local_cloud(docker_client):
 
 
 @pytest.fixture(scope="session")
-def clouds(local_cloud):
-    """(user, admin) openstacksdk connections to the local cloud."""
+def test_project(local_cloud, tmp_path_factory):
+    """A project and user of this test session, standing in for the user ``astrostack``.
+
+    The session's clouds.yaml ($OS_CLIENT_CONFIG_FILE, inherited by the CLI the
+    tests run) holds every entry of the real one, with ``astrostack-local`` naming
+    this user in this project: ``cloud: local`` resolves to it exactly as it does
+    for a user, and what the tests count is theirs alone, whatever else the cloud
+    runs meanwhile. Deleted at the end when nothing is left in it (kept, and
+    said, otherwise: its leftovers are evidence).
+    """
+    import secrets as secrets_module
+    import uuid
+
+    import yaml
+
+    from astrostack import cloud
+    from astrostack.local import bootstrap, clouds_yaml
+
+    admin = cloud.connect(cloud.LOCAL_ADMIN_ENTRY)
+    name = f"ft-session-{uuid.uuid4().hex[:8]}"
+    project = admin.identity.create_project(name=name, domain_id="default",
+                                            description="astrostack functional tests (deleted when empty)")
+    password = secrets_module.token_urlsafe(24)
+    account = admin.identity.create_user(name=name, password=password, domain_id="default",
+                                         default_project_id=project.id)
+    for role in bootstrap.ASTROSTACK_ROLES:
+        admin.identity.assign_project_role_to_user(project, account, admin.identity.find_role(role, ignore_missing=False))
+    admin.set_compute_quotas(project.id, **bootstrap.COMPUTE_QUOTAS)
+    admin.set_network_quotas(project.id, **bootstrap.NETWORK_QUOTAS)
+    admin.set_volume_quotas(project.id, **bootstrap.VOLUME_QUOTAS)
+
+    real = clouds_yaml.clouds_yaml_path()
+    config = yaml.safe_load(real.read_text())
+    config["clouds"][cloud.LOCAL_CLOUD_ENTRY] = clouds_yaml.cloud_entry(name, password, name)
+    session_file = tmp_path_factory.mktemp("clouds") / "clouds.yaml"
+    session_file.write_text(yaml.safe_dump(config))
+    session_file.chmod(0o600)
+    previous = os.environ.get(clouds_yaml.CONFIG_ENV)
+    os.environ[clouds_yaml.CONFIG_ENV] = str(session_file)
+    try:
+        yield project
+    finally:
+        if previous is None:
+            os.environ.pop(clouds_yaml.CONFIG_ENV, None)
+        else:
+            os.environ[clouds_yaml.CONFIG_ENV] = previous
+        _delete_test_project(admin, project, account)
+        admin.close()
+
+
+def _delete_test_project(admin, project, account) -> None:
+    left = [server.name for server in admin.compute.servers(all_projects=True, project_id=project.id)]
+    left += [f"volume {v.name}" for v in admin.block_storage.volumes(all_projects=True, project_id=project.id)]
+    left += [f"network {n.name}" for n in admin.network.networks(project_id=project.id)]
+    if left:
+        print(f"test project {project.name} kept: {', '.join(left[:10])} left in it")
+        return
+    for group in admin.network.security_groups(project_id=project.id):
+        admin.network.delete_security_group(group, ignore_missing=True)
+    admin.identity.delete_user(account, ignore_missing=True)
+    admin.identity.delete_project(project, ignore_missing=True)
+
+
+@pytest.fixture(scope="session")
+def clouds(test_project):
+    """(user, admin) openstacksdk connections to the local cloud: the session's user, and the admin."""
     from astrostack import cloud
 
     user = cloud.connect(cloud.LOCAL_CLOUD)
     admin = cloud.connect(cloud.LOCAL_ADMIN_ENTRY)
+    assert user.current_project_id == test_project.id
     yield user, admin
     user.close()
     admin.close()
 
 
 def cloud_counts(user, admin) -> dict[str, int]:
-    """What a cluster creates and its `down` must remove, in the astrostack project,
-    counted through the APIs."""
+    """What a cluster creates and its `down` must remove, in the user's project,
+    counted through the APIs (Heat's stack domain users: those of this project's stacks)."""
     project_id = user.current_project_id
     heat_domain = admin.identity.find_domain("heat", ignore_missing=False)
+    stack_projects = {p.id for p in admin.identity.projects(domain_id=heat_domain.id)
+                      if p.name.startswith(f"{project_id}-")}
     return {
         "servers": len(list(user.compute.servers())),
         "ports": len(list(user.network.ports(project_id=project_id))),
@@ -101,7 +168,8 @@ def cloud_counts(user, admin) -> dict[str, int]:
         "keypairs": len(list(user.compute.keypairs())),
         "stacks": len(list(user.orchestration.stacks())),
         "trusts": len(list(admin.identity.trusts(trustor_user_id=user.current_user_id))),
-        "stack_domain_users": len(list(admin.identity.users(domain_id=heat_domain.id))),
+        "stack_domain_users": sum(1 for u in admin.identity.users(domain_id=heat_domain.id)
+                                  if u.default_project_id in stack_projects),
     }
 
 
@@ -117,7 +185,7 @@ def app_image(docker_client):
 
 
 @pytest.fixture
-def make_spec(local_cloud, app_image):
+def make_spec(test_project, app_image):
     """``make_spec(name, cidr, **overrides)``: examples/local.yaml as a ClusterSpec
     named NAME on network.cidr CIDR, each phase timed out at ``phase_timeout()``;
     ``overrides`` are top-level spec fields, mappings merged into the example's."""
@@ -155,7 +223,7 @@ def spec_file(tmp_path):
 
 
 @pytest.fixture
-def cluster_cleanup(local_cloud):
+def cluster_cleanup(test_project):
     """``cluster_cleanup(name)`` registers a cluster to delete after the test,
     whatever happened (down --force finds it by its stack and mark)."""
     from astrostack import lifecycle

@@ -50,7 +50,7 @@ class Share:
 
 
 @pytest.fixture(scope="module")
-def cluster(local_cloud, app_image):
+def cluster(test_project, app_image):
     from astrostack.spec import spec_from_dict
 
     data = yaml.safe_load((EXAMPLES / "local.yaml").read_text())
@@ -121,7 +121,7 @@ def test_failing_job_returns_its_exit_code_and_keeps_its_logs(cluster, share, ca
     assert (tmp_path / failed["id"] / "output.log").read_text() == share.read(f"{folder}/output.log")
 
 
-def test_small_bench_matrix_records_every_column(local_cloud, app_image, tmp_path):
+def test_small_bench_matrix_records_every_column(test_project, app_image, tmp_path):
     matrix = {
         "name": "ft-bench",
         "spec": str(EXAMPLES / "local.yaml"),

@@ -1,6 +1,6 @@
 """The local cloud is a real OpenStack: a Heat stack of what a cluster host needs, created and deleted.
 
-Through the `astrostack-local` cloud (the user astrostack, real Keystone
+Through the `astrostack-local` cloud (the test session's user and project, real Keystone
 auth, trusts, stack-domain users), a stack with Net/Subnet/Router/
 RouterInterface/SecurityGroup/Port/FloatingIP/Volume/VolumeAttachment/Server
 and a WaitCondition reaches CREATE_COMPLETE; its delete leaves every count
@@ -26,8 +26,6 @@ openstack = pytest.importorskip("openstack")
 
 from conftest import cloud_counts  # noqa: E402
 
-from astrostack.local import clouds_yaml, controlplane  # noqa: E402
-
 pytestmark = pytest.mark.functional
 TEMPLATE = Path(__file__).parent / "templates" / "local_openstack.yaml"
 POLL_S = 2.0
@@ -35,19 +33,6 @@ POLL_S = 2.0
 
 def _timeout() -> float:
     return float(os.environ.get("ASTROSTACK_TEST_TIMEOUT", "180"))
-
-
-@pytest.fixture(scope="module")
-def clouds():
-    """(user, admin) connections to the local cloud, started if it is not running."""
-    if os.geteuid() != 0:
-        pytest.skip("the local cloud needs root (bridges, iptables, apt-get)")
-    controlplane.start(say=print)
-    user = openstack.connect(cloud=clouds_yaml.USER_CLOUD, api_timeout=60)
-    admin = openstack.connect(cloud=clouds_yaml.ADMIN_CLOUD, api_timeout=60)
-    yield user, admin
-    user.close()
-    admin.close()
 
 
 def counts(user, admin) -> dict[str, int]:

@@ -42,7 +42,8 @@ def wait_until(what: str, check, deadline_s: float | None = None, poll_s: float 
 
 
 @pytest.fixture(scope="module")
-def conn():
+def conn(test_project):
+    """The session's user (conftest's test project) through clouds.yaml entry astrostack-local."""
     openstack = pytest.importorskip("openstack")
     try:
         connection = openstack.connect(cloud=CLOUD)
