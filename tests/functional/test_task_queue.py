@@ -16,6 +16,7 @@ from conftest import cloud_counts
 from test_clusters import assert_nothing_left
 
 from astrostack import lifecycle, paths, state
+from astrostack.cli.main import main
 from astrostack.cluster.access import host_access
 from astrostack.taskqueue import connect as tq_connect
 from astrostack.taskqueue import job as task_map
@@ -54,7 +55,7 @@ def files_astrostack_wrote(name: str) -> list:
 
 
 def test_task_queue_maps_200_tasks_into_redis_exactly_once_through_a_lost_worker(
-        clouds, make_spec, cluster_cleanup, dask_image):
+        clouds, make_spec, cluster_cleanup, dask_image, capsys):
     user, admin = clouds
     before = cloud_counts(user, admin)
     spec = make_spec("ft-taskq", CIDR, kind="task-queue", hosts=3, nodes=2, application={"image": dask_image},
@@ -119,6 +120,17 @@ def test_task_queue_maps_200_tasks_into_redis_exactly_once_through_a_lost_worker
     heat = Heat(user)
     assert password not in json.dumps(heat.outputs(heat.find(spec.name)))
     assert password not in result.output_tail
+
+    # connect: the Client address through the tunnel and Redis, the password only when asked.
+    capsys.readouterr()
+    assert main(["connect", spec.name, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["scheduler_through_tunnel"] == "tcp://127.0.0.1:8786"
+    assert "-L" in shown["tunnel"] and shown["redis"][0].startswith("redis://:****@10.61.0.")
+    assert shown["versions"].startswith("dask==2025.5.1 distributed==2025.5.1")
+    assert password not in json.dumps(shown) and shown["password"] is None
+    assert main(["connect", spec.name, "--show-password", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["password"] == password
 
     lifecycle.down(spec.name)
     assert_nothing_left(clouds, spec.name, before)
