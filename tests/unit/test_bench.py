@@ -590,10 +590,14 @@ def test_the_example_matrices_load_with_the_papers_points():
     local = load_matrix(EXAMPLES / "bench-local.yaml")
     table1 = load_matrix(EXAMPLES / "bench-table1.yaml")
 
-    assert [(p.hosts, p.nodes) for p in local.points] == [(3, 12), (3, 24)] and local.repeats == 2
+    assert [(p.hosts, p.nodes) for p in local.points] == [(3, 4), (3, 7)] and local.repeats == 2
     assert local.point_spec(local.points[1]).cloud == "local"
+    assert local.point_spec(local.points[0]).application.image == "astrostack/sagecal:latest"
+    assert local.job["profile"] == "sagecal-mpi"
+    assert local.job["upload"]["local_dir"] == str(Path("~/sagecal-bench-data").expanduser())
     assert [(p.hosts, p.nodes) for p in table1.points] == [(4, 32), (8, 64), (12, 96), (12, 500), (12, 1000)]
     assert table1.job["params"][:2] == ["-A", "20"] and table1.job["sky_model"] == "3c196.sky.txt"
+    assert "-n" not in table1.job["params"] and table1.job["params"][6:8] == ["-t", "10"]
     assert table1.point_spec(table1.points[-1]).nodes == 1000
 
 
