@@ -33,6 +33,7 @@ from astrostack import state
 from astrostack.bench import db, plots, report, runner, schedule
 from astrostack.bench.matrix import BenchMatrix, load_matrix, matrix_from_dict
 from astrostack.errors import AstrostackError, DeployFailed, InvalidInput
+from astrostack.job import DEFAULT_SAGECAL_PARAMS
 from astrostack.state import ClusterRecord, PhaseRecord
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -341,8 +342,10 @@ def test_each_point_records_what_ran_and_the_report_shows_it_with_the_image_dige
 
 
 def test_a_job_that_never_ran_is_recorded_as_the_matrix_asked():
-    asked = {"profile": "sagecal-mpi", "params": ["-t", "5"]}
+    asked = {"profile": "sagecal-mpi", "ms": "*.MS", "sky_model": "s", "cluster_file": "c", "params": ["-t", "5"]}
     assert runner.job_facts(asked, None) == {"profile": "sagecal-mpi", "params": ["-t", "5"]}
+    defaults = {key: value for key, value in asked.items() if key != "params"}
+    assert runner.job_facts(defaults, None)["params"] == DEFAULT_SAGECAL_PARAMS
     assert runner.job_facts({"profile": "mpi", "command": ["/x", "1"]}, None) == {"profile": "mpi",
                                                                                   "params": ["/x", "1"]}
 

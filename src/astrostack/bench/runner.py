@@ -243,15 +243,27 @@ def point_row(attempt: Attempt, point: Point, repeat: int, run_id: int) -> db.Po
 
 def job_facts(asked: dict[str, Any], job: Optional[JobOutcome]) -> dict[str, Any]:
     """What ran: the profile, the program's parameters as run (sagecal-mpi: with the -n chosen),
-    the threads per rank and where that number came from, the ranks; the matrix's job if it never ran."""
+    the threads per rank and where that number came from, the ranks; the matrix's job (with the job's
+    default params) if it never ran."""
     facts: dict[str, Any] = {"profile": asked.get("profile", "mpi")}
-    params = getattr(job, "params", None) or asked.get("params") or asked.get("command") or []
+    params = getattr(job, "params", None) or asked_params(asked)
     facts["params"] = [str(part) for part in params]
     for name in ("threads", "threads_source", "ranks"):
         value = getattr(job, name, None)
         if value not in (None, ""):
             facts[name] = value
     return facts
+
+
+def asked_params(asked: dict[str, Any]) -> list[Any]:
+    """The parameters the matrix's job would run with: its params, or the profile's defaults."""
+    from astrostack.job import SagecalJob, job_from_dict
+
+    try:
+        job = job_from_dict(asked)
+    except InvalidInput:  # a matrix is validated when loaded; whatever this is, record what it says
+        return list(asked.get("params") or asked.get("command") or [])
+    return list(job.params) if isinstance(job, SagecalJob) else list(job.command)
 
 
 def creation_seconds(record: ClusterRecord) -> Optional[float]:
