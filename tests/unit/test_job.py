@@ -6,8 +6,11 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
+import signal
 import subprocess
 import tarfile
+import time
 
 import pytest
 
@@ -15,6 +18,7 @@ from astrostack.errors import InvalidInput
 from astrostack.job import (
     DEFAULT_SAGECAL_PARAMS,
     PAPER_SAGECAL_PARAMS,
+    RANK_WRAPPER,
     ShareInputs,
     _gather_solutions_script,
     _regular_members,
@@ -365,3 +369,41 @@ def test_fetch_keeps_files_and_leaves_links_into_the_share_out(tmp_path):
         tar.extractall(tmp_path, filter=_regular_members)
     assert (tmp_path / "j/solutions/a.MS.solutions").read_bytes() == b"sol"
     assert not (tmp_path / "j/stage/10.0.9.4/a.MS").exists()
+
+
+# The rank wrapper, run by a real bash as Open MPI would start it -----------------------
+
+
+def rank_folder(tmp_path):
+    job_dir = tmp_path / "jobs" / "j"
+    (job_dir / "ranks").mkdir(parents=True)
+    wrapper = job_dir / "rank-wrapper.sh"
+    wrapper.write_text(RANK_WRAPPER)
+    wrapper.chmod(0o755)
+    return job_dir, wrapper
+
+
+def test_a_rank_records_its_exit_code_figures_and_output_in_the_job_folder(tmp_path):
+    job_dir, wrapper = rank_folder(tmp_path)
+    done = subprocess.run([str(wrapper), "bash", "-c", "echo in $PWD; exit 3"], capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "OMPI_COMM_WORLD_RANK": "2"}, timeout=30)
+    assert done.returncode == 3
+    figures = json.loads((job_dir / "ranks" / "2.json").read_text())
+    assert figures["rank"] == 2 and figures["exit_code"] == 3 and figures["stopped_by"] is None
+    assert figures["wall_s"] >= 0 and figures["cpu_user_s"] >= 0
+    assert (job_dir / "ranks" / "2.log").read_text() == f"in {job_dir}\n"  # run in the job folder
+
+
+def test_a_rank_stopped_by_mpirun_still_writes_its_figures(tmp_path):
+    job_dir, wrapper = rank_folder(tmp_path)
+    rank = subprocess.Popen([str(wrapper), "sleep", "30"], env={"PATH": "/usr/bin:/bin", "OMPI_COMM_WORLD_RANK": "0"},
+                            start_new_session=True)
+    figures = job_dir / "ranks" / "0.json"
+    for _ in range(100):  # the wrapper writes null figures once the program runs
+        if figures.exists():
+            break
+        time.sleep(0.05)
+    os.killpg(rank.pid, signal.SIGTERM)  # what Open MPI sends the process group of a rank it stops
+    assert rank.wait(timeout=30) != 0
+    written = json.loads(figures.read_text())
+    assert written["stopped_by"] == "SIGTERM" and written["exit_code"] is not None and written["wall_s"] is not None
