@@ -60,10 +60,16 @@ signal_ready() {
   signal SUCCESS "$1" "$2" || fail "could not signal SUCCESS to Heat's wait condition after 30 tries"
 }
 
+# A failure is signalled to Heat, or, once the host has signalled and
+# reports through the share (report_through_share), written there.
 fail() {
   trap - ERR
   log "FAILED: $1"
-  signal FAILURE "$HOST_ID: $1" "{\"role\": \"$ROLE\"}" || true
+  if [ -n "${STATUS_FILE:-}" ]; then
+    status failed "$1"
+  else
+    signal FAILURE "$HOST_ID: $1" "{\"role\": \"$ROLE\"}" || true
+  fi
   exit 1
 }
 
@@ -226,6 +232,20 @@ control_dir() {
   mkdir -p "$dir"
   chmod 0700 "$dir"
   echo "$dir"
+}
+
+# After the host signalled Heat, progress and failures are reported through
+# the share: <share>/.astrostack/nodes-<host>.json, which the cluster probe
+# reads. `report_through_share` sets this up; `status STATE REASON` writes it,
+# and from then on `fail` writes there instead of signalling Heat.
+report_through_share() {
+  STATUS_FILE="$(control_dir)/nodes-$HOST_ID.json"
+}
+
+status() {
+  python3 -c 'import json,sys,time; print(json.dumps({"host": sys.argv[1], "state": sys.argv[2], "reason": sys.argv[3], "ip": sys.argv[4], "time": time.time()}))' \
+    "$HOST_ID" "$1" "$2" "$(my_ip)" >"$STATUS_FILE.tmp"
+  mv "$STATUS_FILE.tmp" "$STATUS_FILE"
 }
 
 # Encrypt stdin with the cluster secret (from Heat) into FILE on the share.

@@ -14,26 +14,11 @@
 # shellcheck source=common.sh
 . /usr/local/lib/astrostack/common.sh
 
-CONTROL=$(control_dir)
-STATUS_FILE="$CONTROL/nodes-$HOST_ID.json"
 REDIS_PASSWORD_FILE="$ASTRO_ETC/redis-password"
 REDIS_CONF="$ASTRO_ETC/redis.conf"
 
-status() {
-  python3 -c 'import json,sys,time; print(json.dumps({"host": sys.argv[1], "state": sys.argv[2], "reason": sys.argv[3], "ip": sys.argv[4], "time": time.time()}))' \
-    "$HOST_ID" "$1" "$2" "$(my_ip)" >"$STATUS_FILE.tmp"
-  mv "$STATUS_FILE.tmp" "$STATUS_FILE"
-}
-
-# Replaces common.sh's handler: Heat already has this host's signal, so a
-# failure from here on is reported through the share.
-fail() {
-  trap - ERR
-  log "FAILED: $1"
-  status failed "$1"
-  exit 1
-}
-trap 'fail "line $LINENO: $BASH_COMMAND exited $?"' ERR
+# Progress and failures from here on: through the share (common.sh).
+report_through_share
 
 write_redis_files() {
   python3 - "$ASTRO_ETC/secret" "$REDIS_PASSWORD_FILE" "$REDIS_CONF" "$(my_ip)" "$TQ_REDIS_PORT" <<'PY'
