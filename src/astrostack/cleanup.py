@@ -18,6 +18,7 @@ from openstack import exceptions as os_exc
 
 from astrostack import marks
 from astrostack.errors import CloudError
+from astrostack.retry import SDK_ERRORS
 
 VOLUME_DETACH_DEADLINE_S = 120
 POLL_S = 2.0
@@ -85,7 +86,7 @@ class OpenStackSweeper:
         try:
             return (self._servers(cluster) + self._floating_ips(cluster) + self._volumes(cluster)
                     + self._tagged(cluster) + self._security_groups(cluster) + self._keypairs(cluster))
-        except os_exc.SDKException as exc:
+        except SDK_ERRORS as exc:
             raise CloudError(f"listing leftovers: {' '.join(str(exc).split())}") from None
 
     def _servers(self, cluster: str | None) -> list[Leftover]:
@@ -135,7 +136,7 @@ class OpenStackSweeper:
             deleters[item.kind](item.id)
         except os_exc.NotFoundException:
             return
-        except os_exc.SDKException as exc:
+        except SDK_ERRORS as exc:
             raise CloudError(f"cannot delete {item.kind} {item.name}: {' '.join(str(exc).split())}") from None
 
     def _detach_and_delete_volume(self, volume_id: str) -> None:

@@ -539,16 +539,15 @@ def choose_threads(spec: ClusterSpec, job: SagecalJob, hosts_of_ranks: list[str]
 
 def flavor_vcpus(spec: ClusterSpec, connect: Optional[Callable[[str], Any]] = None) -> tuple[int, str]:
     """The fewest vCPUs among the flavors of the hosts that run ranks (manager, workers), from Nova."""
-    from openstack import exceptions as os_exceptions
-
     from astrostack import cloud
+    from astrostack.retry import SDK_ERRORS
 
     names = sorted({spec.servers.manager.flavor, spec.servers.worker.flavor})
     hint = "give the job `threads: N` (astrostack run --threads N)"
     try:
         conn = (connect or cloud.connect)(spec.cloud)
         vcpus = {name: int(conn.compute.find_flavor(name, ignore_missing=False).vcpus) for name in names}
-    except os_exceptions.SDKException as exc:
+    except SDK_ERRORS as exc:
         raise CloudError(f"cannot learn the vCPUs of flavor {'/'.join(names)} from cloud {spec.cloud}: "
                          f"{' '.join(str(exc).split())[:200]}", hint=hint) from None
     except AstrostackError as exc:

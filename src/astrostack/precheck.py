@@ -15,6 +15,7 @@ from openstack import exceptions as os_exc
 
 from astrostack import paths
 from astrostack.errors import CloudError, PrecheckFailed
+from astrostack.retry import SDK_ERRORS
 from astrostack.spec import ClusterSpec
 
 # Neutron adds two egress rules (IPv4, IPv6) to every new security group.
@@ -39,7 +40,7 @@ def precheck(spec: ClusterSpec, conn: Any) -> list[Need]:
         flavors = _check_names(spec, conn)
         needs = plan_needs(spec, flavors)
         free = free_quota(conn)
-    except os_exc.SDKException as exc:
+    except SDK_ERRORS as exc:
         raise CloudError(f"pre-check: the cloud answered: {' '.join(str(exc).split())}") from None
     checked = [Need(resource, needed, free.get(resource, -1)) for resource, needed in needs.items()]
     short = [n for n in checked if not n.ok]

@@ -18,13 +18,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Protocol, TypeVar
 
-from openstack import exceptions as os_exc
-
 from astrostack import marks
 from astrostack import stack as heat_stack
 from astrostack.errors import CloudError
 from astrostack.monitor import HOSTS, NODES, Observation
-from astrostack.retry import call_with_retry
+from astrostack.retry import SDK_ERRORS, call_with_retry
 from astrostack.stack import Heat, StackRef
 
 T = TypeVar("T")
@@ -124,7 +122,7 @@ def nova_call(call: Callable[[], T]) -> T:
     """One Nova request: transient errors retried, every SDK error one of ours."""
     try:
         return call_with_retry(call)
-    except os_exc.SDKException as exc:
+    except SDK_ERRORS as exc:
         raise CloudError(f"Nova: {' '.join(str(exc).split())}") from None
 
 
@@ -136,7 +134,7 @@ def nova_console_logs(cluster: str, conn: Any, length: int = 200) -> dict[str, s
             continue
         try:
             logs[server.name] = conn.compute.get_server_console_output(server, length=length).get("output", "")
-        except os_exc.SDKException as exc:
+        except SDK_ERRORS as exc:
             logs[server.name] = f"(console output unavailable: {exc})"
     return logs
 

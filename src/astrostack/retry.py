@@ -1,8 +1,8 @@
 """Retry cloud API calls that failed for a transient reason, and nothing else.
 
-Transient: HTTP 5xx and 429 answers, a refused or reset connection. A 4xx
-answer (bad request, not found, quota, auth) is raised at once: retrying it
-cannot help. Waits are random-exponential (jitter, so many clients do not
+Transient: HTTP 5xx and 429 answers, a refused or reset connection, no answer
+in time. A 4xx answer (bad request, not found, quota, auth) is raised at
+once: retrying it cannot help. Waits are random-exponential (jitter, so many clients do not
 retry in step) and every retry loop stops after a number of attempts and
 before a time budget runs out. When it gives up, it raises
 :class:`~astrostack.errors.CloudUnreachable` (no answer) or
@@ -18,8 +18,10 @@ import time
 from typing import Any, Callable, Optional, TypeVar
 
 import requests
+from keystoneauth1.exceptions import ClientException as KsaClientException
 from keystoneauth1.exceptions import connection as ksa_connection
 from keystoneauth1.exceptions import http as ksa_http
+from openstack import exceptions as os_exc
 from tenacity import (
     RetryCallState,
     RetryError,
@@ -41,15 +43,22 @@ DEFAULT_MAX_WAIT_S = 8.0
 DEFAULT_BUDGET_S = 60.0
 TOO_MANY_REQUESTS = 429
 
-# Connection failures worth a retry: the server was not listening or dropped us.
+# Connection failures worth a retry: the server was not listening, dropped us, or
+# did not answer in time (an API waiting on a restarting Keystone does that).
 # SSL errors are ConnectionErrors in both requests and keystoneauth but are not transient.
 _CONNECTION_ERRORS = (
     ConnectionResetError,
     ConnectionRefusedError,
+    TimeoutError,
     requests.exceptions.ConnectionError,
+    requests.exceptions.Timeout,
     ksa_connection.ConnectFailure,
+    ksa_connection.ConnectTimeout,
 )
 _NOT_TRANSIENT = (requests.exceptions.SSLError, ksa_connection.SSLError)
+# Whatever openstacksdk, keystoneauth or requests raise: the errors a cloud call
+# turns into one of ours (CloudError) at the module that made it.
+SDK_ERRORS = (os_exc.SDKException, KsaClientException, requests.exceptions.RequestException)
 
 
 def http_status(exc: BaseException) -> Optional[int]:
@@ -68,7 +77,7 @@ def is_connection_failure(exc: BaseException) -> bool:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """HTTP 5xx / 429 answers and refused or reset connections."""
+    """HTTP 5xx / 429 answers, refused or reset connections, timeouts."""
     if is_connection_failure(exc):
         return True
     if isinstance(exc, (requests.exceptions.HTTPError, ksa_http.HttpError)):

@@ -121,6 +121,23 @@ def test_refused_connection_exhausted_raises_cloud_unreachable():
     assert "\n" not in str(caught.value)
 
 
+def test_an_api_that_never_answers_is_retried_then_unreachable():
+    """A server that accepts and says nothing (an API waiting on a restarting Keystone)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/v2.1/servers/detail"
+        sleeps: list[float] = []
+
+        with pytest.raises(CloudUnreachable) as caught:
+            call_with_retry(lambda: requests.get(url, timeout=0.2), attempts=2, sleep=sleeps.append)
+
+    assert len(sleeps) == 1
+    assert caught.value.transient
+    assert caught.value.message.startswith(f"GET {url}: no answer after 2 attempts")
+    assert caught.value.message.endswith("(ReadTimeout)")
+
+
 def test_max_wait_caps_every_sleep():
     sleeps: list[float] = []
     with FlakyServer(status=502, failures=100) as server, pytest.raises(CloudError):
@@ -158,8 +175,8 @@ def sdk_http_error(status: int) -> sdk_exceptions.HttpException:
 @pytest.mark.parametrize("exc", [
     sdk_http_error(500), sdk_http_error(503), sdk_http_error(429),
     ksa_http.ServiceUnavailable(), ksa_http.InternalServerError(),
-    ksa_connection.ConnectFailure("refused"),
-    requests.exceptions.ConnectionError("reset"),
+    ksa_connection.ConnectFailure("refused"), ksa_connection.ConnectTimeout("no answer"),
+    requests.exceptions.ConnectionError("reset"), requests.exceptions.ReadTimeout("no answer"), TimeoutError(),
     ConnectionResetError(), ConnectionRefusedError(),
 ], ids=repr)
 def test_transient(exc):
