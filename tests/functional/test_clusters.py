@@ -89,9 +89,12 @@ def assert_rolled_back(clouds, name: str, before: dict[str, int]) -> state.Clust
 
 
 def astrostack_process(*argv: str, **popen) -> subprocess.Popen:
-    """``astrostack ARGV`` as a process of its own (the console script's code path)."""
+    """``astrostack ARGV`` as a process of its own (the console script's code path), with
+    Ctrl-C's default action even when the tests run in the background (a shell starts
+    background jobs with SIGINT ignored, and Python then never raises KeyboardInterrupt)."""
     return subprocess.Popen([sys.executable, "-m", "astrostack.cli.main", *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **popen)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **popen)
 
 
 def wait_for_event(process: subprocess.Popen, *, phase: str, kind: str, timeout: float) -> dict:
