@@ -91,19 +91,29 @@ def spec_for(hosts: int, nodes: int, index: int):
     return spec_from_dict(data)
 
 
-def last_wait_completed(spec) -> float | None:
-    """When Heat saw the last host's wait condition complete (epoch seconds)."""
+def heat_times(spec) -> dict[str, float]:
+    """From Heat's events (1 s resolution): when the last host's wait condition went
+    CREATE_COMPLETE (Heat noticed its signal) and when the stack did."""
     from astrostack import cloud
 
     heat = stack.Heat(cloud.connect(spec.cloud))
     ref = heat.find(spec.name)
+    times: dict[str, float] = {}
     if ref is None:
-        return None
-    times = [r.get("updated_time") for r in heat.resources(ref) if stack.host_of_wait(r) and r.get("updated_time")]
-    if not times:
-        return None
-    latest = max(datetime.fromisoformat(str(t).replace("Z", "")) for t in times)
-    return latest.replace(tzinfo=timezone.utc).timestamp()
+        return times
+    for event in heat.events(ref, limit=500):
+        status = str(event.get("resource_status", ""))
+        if "_" not in status:  # some Heat versions split action and status
+            status = f"{event.get('resource_action')}_{status}"
+        if status != "CREATE_COMPLETE":
+            continue
+        at = datetime.fromisoformat(str(event["event_time"]).replace("Z", "")).replace(tzinfo=timezone.utc).timestamp()
+        name = event.get("resource_name")
+        if name in (stack.MANAGER_WAIT, stack.NFS_WAIT, stack.WORKER_WAIT):
+            times["last_wait"] = max(times.get("last_wait", 0.0), at)
+        elif name == spec.name:
+            times["stack_complete"] = at
+    return times
 
 
 def measure(counting: Counting, hosts: int, nodes: int, index: int) -> dict:
@@ -111,7 +121,7 @@ def measure(counting: Counting, hosts: int, nodes: int, index: int) -> dict:
     counting.reset()
     record = lifecycle.up(spec)
     http, ssh = list(counting.http), list(counting.ssh)
-    signalled_at = last_wait_completed(spec)
+    heat_at = heat_times(spec)
     lifecycle.down(spec.name)
     rows = {}
     for name in PHASES:
@@ -121,7 +131,8 @@ def measure(counting: Counting, hosts: int, nodes: int, index: int) -> dict:
         rows[name] = {"seconds": end - start, "http": len(inside), "ssh": sum(start <= t < end for t in ssh),
                       "by_service": Counter(r[2] for r in inside),
                       "heat_gets": Counter(_shape(r[3]) for r in inside if r[2] == "heat" and r[1] == "GET")}
-    latency = record.phases["hosts"].finished.timestamp() - signalled_at if signalled_at else None
+    hosts_end = record.phases["hosts"].finished.timestamp()
+    latency = {key: hosts_end - at for key, at in heat_at.items()}
     return {"hosts": hosts, "nodes": nodes, "phases": rows, "latency": latency, "total_http": len(http)}
 
 
@@ -154,10 +165,12 @@ def report(results: list[dict]) -> int:
                 gets[shape] += count
         for shape, count in sorted(gets.items(), key=lambda item: -item[1])[:4]:
             print(f"    heat GET {shape}: {count}")
-        if result["latency"] is not None:
-            worst_latency = max(worst_latency, result["latency"])
-            print(f"  detection: hosts phase ended {result['latency']:.1f} s after Heat saw the last wait condition "
-                  "complete (1 s resolution)")
+        latency = result["latency"]
+        if "stack_complete" in latency:
+            worst_latency = max(worst_latency, latency["stack_complete"])
+            print(f"  detection: hosts phase ended {latency['stack_complete']:.1f} s after Heat marked the stack "
+                  f"complete, {latency.get('last_wait', float('nan')):.1f} s after the last wait condition completed "
+                  "(Heat's event times, 1 s resolution)")
     cap = PollPolicy().maximum
     print(f"\nworst stack/hosts request rate {worst_rps:.2f}/s (target < {MAX_RPS}); worst detection "
           f"{worst_latency:.1f} s (target < poll cap {cap:.0f} s + 1)")
