@@ -19,7 +19,10 @@ from astrostack.probe import NodeView
 from astrostack.spec import ClusterSpec, Mode
 
 SMOKE_PROGRAM = ["/usr/local/bin/mpi_smoke"]
-SMOKE_TIMEOUT_S = 180
+# mpirun's start-up grows with the ranks (one ssh and orted per container): the
+# smoke test may take this long before it counts as "not yet ok" and is retried.
+SMOKE_BASE_S = 120
+SMOKE_PER_NODE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -65,10 +68,15 @@ class SwarmNodeProbe:
         self.smoke_result: Optional[dict[str, Any]] = None
 
     def observe_nodes(self) -> NodeView:
+        """What the nodes are now; a manager that does not answer (yet, or for a while)
+        is not a failure: the monitor asks again until the nodes deadline."""
         try:
-            view = swarm.observe(self.spec, self.access)
+            return self._observe()
         except ClusterAccessError as exc:
             return NodeView(ready=0, requests=1, detail=f"manager not reachable yet: {exc}")
+
+    def _observe(self) -> NodeView:
+        view = swarm.observe(self.spec, self.access)
         fatal = view.fatal_error
         if fatal:
             return NodeView(ready=view.tasks_running, failure=fatal, requests=1)
@@ -87,13 +95,32 @@ class SwarmNodeProbe:
         return NodeView(ready=up, smoke_ok=smoke_ok, requests=4, detail=smoke_detail)
 
     def _smoke(self) -> tuple[bool, str]:
-        argv = swarm.mpirun_argv(self.spec, self.smoke_program)
-        result = swarm.run_in_master(self.spec, self.access, argv, timeout=SMOKE_TIMEOUT_S)
-        summary = _last_json_line(result.output)
-        if result.ok and summary and summary.get("size") == self.spec.nodes:
-            self.smoke_result = summary
-            return True, f"mpirun -np {self.spec.nodes} smoke test ok across {len(set(summary.get('hosts', [])))} containers"
-        return False, f"mpirun smoke test not yet ok (exit {result.exit_code}): {result.output.strip()[-200:]}"
+        summary, detail = smoke_test(self.spec, self.access, self.smoke_program)
+        if summary is None:
+            return False, detail
+        self.smoke_result = summary
+        return True, f"mpirun -np {self.spec.nodes} smoke test ok across {len(set(summary.get('hosts', [])))} containers"
+
+
+def smoke_timeout(spec: ClusterSpec) -> float:
+    return SMOKE_BASE_S + SMOKE_PER_NODE_S * spec.nodes
+
+
+def smoke_test(spec: ClusterSpec, access: ManagerAccess, program: list[str]) -> tuple[Optional[dict[str, Any]], str]:
+    """`mpirun -np <nodes> PROGRAM` in the master: its JSON summary if every rank took part,
+    else None and why. A smoke test that hangs is stopped inside the container and, like one
+    that fails, is only "not yet ok": the monitor tries again until the nodes deadline."""
+    seconds = smoke_timeout(spec)
+    argv = ["timeout", "-k", "5", f"{seconds:.0f}", *swarm.mpirun_argv(spec, program)]
+    try:
+        result = swarm.run_in_master(spec, access, argv, timeout=seconds + 30)
+    except ClusterAccessError as exc:
+        return None, f"mpirun smoke test not yet ok: {exc}"
+    summary = _last_json_line(result.output)
+    if result.ok and summary and summary.get("size") == spec.nodes:
+        return summary, "ok"
+    why = f"stopped after {seconds:.0f} s" if result.exit_code == 124 else f"exit {result.exit_code}"
+    return None, f"mpirun smoke test not yet ok ({why}): {result.output.strip()[-200:]}"
 
 
 def _last_json_line(output: str) -> Optional[dict[str, Any]]:
@@ -116,10 +143,14 @@ class MpiNodeProbe:
         self.smoke_program = smoke_program
 
     def observe_nodes(self) -> NodeView:
+        """As SwarmNodeProbe's: a manager that does not answer is asked again."""
         try:
-            view = mpi_mode.observe(self.spec, self.access)
+            return self._observe()
         except ClusterAccessError as exc:
             return NodeView(ready=0, requests=1, detail=f"manager not reachable yet: {exc}")
+
+    def _observe(self) -> NodeView:
+        view = mpi_mode.observe(self.spec, self.access)
         ranks = dict(zip(self.spec.host_names(), self.spec.ranks_per_host()))
         ready = sum(ranks.get(host, 0) for host in view.running)
         if view.failures:
@@ -131,14 +162,11 @@ class MpiNodeProbe:
         up_hosts = swarm.answering(self.spec, self.access, lines)
         if up_hosts < len(lines):
             return NodeView(ready=0, requests=3, detail=f"mpi: {up_hosts}/{len(lines)} hosts' MPI containers answer")
-        argv = swarm.mpirun_argv(self.spec, self.smoke_program)
-        result = swarm.run_in_master(self.spec, self.access, argv, timeout=SMOKE_TIMEOUT_S)
-        summary = _last_json_line(result.output)
-        if result.ok and summary and summary.get("size") == self.spec.nodes:
-            return NodeView(ready=ready, smoke_ok=True, requests=4,
-                            detail=f"mpirun -np {self.spec.nodes} smoke test ok across {self.spec.hosts} hosts")
-        return NodeView(ready=ready, smoke_ok=False, requests=3,
-                        detail=f"mpirun smoke test not yet ok (exit {result.exit_code}): {result.output.strip()[-200:]}")
+        summary, detail = smoke_test(self.spec, self.access, self.smoke_program)
+        if summary is None:
+            return NodeView(ready=ready, smoke_ok=False, requests=3, detail=detail)
+        return NodeView(ready=ready, smoke_ok=True, requests=4,
+                        detail=f"mpirun -np {self.spec.nodes} smoke test ok across {self.spec.hosts} hosts")
 
 
 class TaskQueueProbe:
