@@ -22,7 +22,7 @@ from astrostack.cluster import mpi as mpi_mode
 from astrostack.cluster import registry as cluster_registry
 from astrostack.cluster import swarm
 from astrostack.cluster.access import StackManagerAccess, forget_host_keys
-from astrostack.cluster.probe import liveness, probe_for
+from astrostack.cluster.probe import cluster_snapshot, liveness, probe_for
 from astrostack.errors import (
     AstrostackError,
     CloudError,
@@ -281,6 +281,9 @@ def collect_evidence(spec: ClusterSpec, heat: Heat, ref: StackRef, record: state
     for filename, fetch in pieces.items():
         _note_failure(notes, filename, lambda fetch=fetch, filename=filename: heat_stack.write_json(folder / filename, fetch()))
     _note_failure(notes, "consoles", lambda: _collect_consoles(spec, heat, folder))
+    if str(getattr(error, "phase", "")).endswith(NODES):  # the hosts are up: what the cluster itself says
+        _note_failure(notes, "cluster.txt", lambda: (folder / "cluster.txt").write_text(
+            cluster_snapshot(spec, manager_access(spec, heat, ref, record).access())))
     summary = {
         "cluster": spec.name,
         "stack": ref.id,

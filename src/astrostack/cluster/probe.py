@@ -8,6 +8,7 @@ written and read back."""
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -121,6 +122,29 @@ def smoke_test(spec: ClusterSpec, access: ManagerAccess, program: list[str]) -> 
         return summary, "ok"
     why = f"stopped after {seconds:.0f} s" if result.exit_code == 124 else f"exit {result.exit_code}"
     return None, f"mpirun smoke test not yet ok ({why}): {result.output.strip()[-200:]}"
+
+
+EVIDENCE_TIMEOUT_S = 60
+
+
+def evidence_script(spec: ClusterSpec) -> str:
+    """Shell for the manager: what the cluster itself says (every host's report on the
+    share, the Swarm's nodes, services and recent task states, the manager's containers)."""
+    master, worker = swarm.service_names(spec)
+    control = shlex.quote(f"{spec.nfs.mount_point}/.astrostack")
+    return f"""
+echo '## host reports on the share'; for f in {control}/nodes-*.json; do [ -f "$f" ] && cat "$f"; done
+echo '## docker node ls'; docker node ls 2>&1 | head -n 60
+echo '## docker service ls'; docker service ls 2>&1 | head -n 20
+echo '## docker service ps (last 80)'; docker service ps --no-trunc {master} {worker} 2>&1 | tail -n 80
+echo '## docker ps -a (manager)'; docker ps -a --no-trunc 2>&1 | head -n 40
+true
+"""
+
+
+def cluster_snapshot(spec: ClusterSpec, access: ManagerAccess) -> str:
+    """What evidence_script prints on the manager (bounded; for the evidence folder)."""
+    return access.run(evidence_script(spec), timeout=EVIDENCE_TIMEOUT_S).output
 
 
 def _last_json_line(output: str) -> Optional[dict[str, Any]]:
