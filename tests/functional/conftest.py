@@ -173,15 +173,22 @@ def cloud_counts(user, admin) -> dict[str, int]:
     }
 
 
-@pytest.fixture(scope="session")
-def app_image(docker_client):
-    """astrostack/mpi-base on this machine (built once); `up` pushes it to the site registry."""
+def built_image(recipe: str) -> str:
+    """astrostack/RECIPE:latest on this machine, built from images/RECIPE if it is not
+    there yet (`up` pushes it to the site registry)."""
     from astrostack import images
 
-    if not images.image_exists("astrostack/mpi-base:latest"):
+    reference = f"astrostack/{recipe}:latest"
+    if not images.image_exists(reference):
         images.ensure_base_image(progress=print)
-        images.build("mpi-base", progress=print)
-    return "astrostack/mpi-base:latest"
+        images.build(recipe, progress=print)
+    return reference
+
+
+@pytest.fixture(scope="session")
+def app_image(docker_client):
+    """astrostack/mpi-base on this machine (built once)."""
+    return built_image("mpi-base")
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import shlex
 import threading
 
 import pytest
-from conftest import cloud_counts
+from conftest import built_image, cloud_counts
 from test_clusters import assert_nothing_left
 
 from astrostack import lifecycle, paths, state
@@ -30,13 +30,8 @@ INPUTS = "tq-inputs"
 
 @pytest.fixture(scope="session")
 def dask_image(docker_client):
-    """astrostack/dask on this machine (built once); `up` pushes it to the site registry."""
-    from astrostack import images
-
-    if not images.image_exists("astrostack/dask:latest"):
-        images.ensure_base_image(progress=print)
-        images.build("dask", progress=print)
-    return "astrostack/dask:latest"
+    """astrostack/dask on this machine (built once)."""
+    return built_image("dask")
 
 
 def redis(manager, *args: str) -> str:
