@@ -226,7 +226,9 @@ class Hands:
                     self.conn.compute.delete_server(item)
                     self.conn.compute.wait_for_delete(item, wait=300)
                 elif kind == "volume":
-                    self.conn.block_storage.wait_for_status(item, "available", wait=300)
+                    # the object from creation still says "available": wait on a fresh one
+                    fresh = self.conn.block_storage.get_volume(item)
+                    self.conn.block_storage.wait_for_status(fresh, "available", wait=300)
                     self.conn.block_storage.delete_volume(item)
                 elif kind == "router":
                     self.conn.network.remove_interface_from_router(item, subnet_id=self.subnet.id)
