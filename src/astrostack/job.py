@@ -112,7 +112,7 @@ class Upload(BaseModel):
     @field_validator("share_dir")
     @classmethod
     def _relative(cls, value: str) -> str:
-        return _relative_path(value)
+        return relative_share_path(value)
 
 
 class SagecalJob(_Job):
@@ -133,7 +133,7 @@ class SagecalJob(_Job):
     @field_validator("ms", "sky_model", "cluster_file")
     @classmethod
     def _relative(cls, value: str) -> str:
-        return _relative_path(value)
+        return relative_share_path(value)
 
     @field_validator("ms")
     @classmethod
@@ -175,9 +175,10 @@ class SagecalJob(_Job):
 JobSpec = Union[MpiJob, SagecalJob]
 
 
-def _relative_path(value: str) -> str:
+def relative_share_path(value: str) -> str:
+    """VALUE if it is a path relative to the share without '..' (a job's inputs), else ValueError."""
     if value.startswith("/") or ".." in PurePosixPath(value).parts:
-        raise ValueError(f"{value!r} must be a path relative to the share, without '..'")
+        raise ValueError(f"{quote(value)} must be a path relative to the share, without '..'")
     return value
 
 
@@ -274,7 +275,7 @@ def run_job(record: state.ClusterRecord, job: Union[JobSpec, dict[str, Any]], ru
                         started=started, finished=finished, job_dir=f"{spec.nfs.mount_point}/jobs/{job_id}",
                         command=plan.command, ranks=plan.ranks, threads=plan.threads,
                         threads_source=plan.threads_source, params=plan.params, output_tail=tail.text())
-    _remember(record.name, outcome)
+    record_job(record.name, outcome)
     return outcome
 
 
@@ -828,10 +829,11 @@ def _job_script(job_dir: str, record: dict[str, Any], command: list[str], setup:
 # Records --------------------------------------------------------------------
 
 
-def _remember(cluster: str, result: JobResult) -> None:
+def record_job(cluster: str, result: BaseModel, exclude: frozenset[str] = frozenset({"output_tail"})) -> None:
+    """Append a job's result (but the EXCLUDEd fields) to the cluster's record, under its lock."""
     with state.cluster_lock(cluster):
         record = state.load(cluster)
-        record.jobs.append(json.loads(result.model_dump_json(exclude={"output_tail"})))
+        record.jobs.append(json.loads(result.model_dump_json(exclude=set(exclude))))
         state.save(record)
 
 

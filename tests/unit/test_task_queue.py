@@ -243,6 +243,6 @@ def test_a_failed_smoke_test_is_not_ready():
 
 def test_the_remote_programs_are_package_data_and_valid_python():
     for package, name in (("astrostack.cluster", "dask_remote.py"), ("astrostack.taskqueue", "driver_remote.py")):
-        source = task_queue.remote_program_of(package, name)
+        source = task_queue.remote_program(package, name)
         compile(source, name, "exec")
         assert "ASTROSTACK_PY_END" not in source

@@ -42,11 +42,7 @@ class QueueView:
         return bool(self.smoke and self.smoke.get("ok"))
 
 
-def remote_program(name: str) -> str:
-    return remote_program_of("astrostack.cluster", name)
-
-
-def remote_program_of(package: str, name: str) -> str:
+def remote_program(package: str, name: str) -> str:
     """The text of a program astrostack runs on a cluster (package data, never a path in the tree)."""
     return resources.files(package).joinpath(name).read_text()
 
@@ -63,7 +59,7 @@ def scheduler_python(argv: list[str], program: str, prefix: str = "") -> str:
 
 def view_script(spec: ClusterSpec, *, smoke: bool) -> str:
     argv = [str(spec.nodes), spec.queue.redis.value, str(REDIS_PORT)] + (["--smoke"] if smoke else [])
-    inner = scheduler_python(argv, remote_program("dask_remote.py"), prefix="timeout 60 ")
+    inner = scheduler_python(argv, remote_program("astrostack.cluster", "dask_remote.py"), prefix="timeout 60 ")
     return (f"{mpi_mode.view_script(spec)}\n"
             f"if docker ps -q --filter name=^{SCHEDULER_CONTAINER}$ | grep -q .; then\n"
             f"out=$({inner}) || true\n"

@@ -28,6 +28,7 @@ from astrostack.cluster import dask as task_queue
 from astrostack.cluster.access import ManagerAccess, cluster_access
 from astrostack.cluster.swarm import TailSink
 from astrostack.errors import InvalidInput, JobFailed, quote
+from astrostack.job import record_job, relative_share_path
 from astrostack.render import REDIS_PORT, SCHEDULER_PORT
 from astrostack.spec import ClusterSpec, describe_validation_error, spec_from_dict
 
@@ -51,9 +52,9 @@ def _placeholders_known(text: str) -> str:
 
 
 def _relative_share_path(value: str) -> str:
-    if value.startswith("/") or ".." in value.split("/") or not value.strip():
+    if not value.strip():
         raise ValueError(f"{quote(value)} must be a path relative to the share, without '..'")
-    return value
+    return relative_share_path(value)
 
 
 class TaskMapJob(BaseModel):
@@ -177,7 +178,7 @@ def plan(spec: ClusterSpec, job: TaskMapJob, job_id: str) -> dict[str, Any]:
 
 def driver_script(job_plan: dict[str, Any]) -> str:
     encoded = base64.b64encode(json.dumps(job_plan).encode()).decode()
-    return task_queue.scheduler_python([encoded], task_queue.remote_program_of("astrostack.taskqueue",
+    return task_queue.scheduler_python([encoded], task_queue.remote_program("astrostack.taskqueue",
                                                                                "driver_remote.py"))
 
 
@@ -209,7 +210,7 @@ def run_task_map(record: state.ClusterRecord, job: Union[TaskMapJob, dict[str, A
         tasks=int(summary.get("tasks", 0)), succeeded=int(summary.get("succeeded", 0)),
         failed=int(summary.get("failed", 0)), tasks_per_s=float(summary.get("tasks_per_s", 0.0)),
         summary=summary, output_tail=tail.text())
-    _remember(record.name, outcome)
+    record_job(record.name, outcome, exclude=frozenset({"output_tail", "summary"}))
     return outcome
 
 
@@ -223,13 +224,6 @@ def last_summary(output: str) -> dict[str, Any]:
                 return {}
             return data if isinstance(data, dict) else {}
     return {}
-
-
-def _remember(cluster: str, result: TaskMapResult) -> None:
-    with state.cluster_lock(cluster):
-        record = state.load(cluster)
-        record.jobs.append(json.loads(result.model_dump_json(exclude={"output_tail", "summary"})))
-        state.save(record)
 
 
 def raise_for_exit(result: TaskMapResult) -> None:
