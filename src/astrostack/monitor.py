@@ -90,10 +90,11 @@ class Probe(Protocol):
 
     ``observe`` must return in bounded time (HTTP and SSH calls with their own
     timeouts, transient errors retried through :mod:`astrostack.retry`): the
-    monitor's deadlines are checked between polls.
+    monitor's deadlines are checked between polls. ``time_left`` is how long
+    the phase may still take; a long check (the smoke test) fits in it.
     """
 
-    def observe(self, phase: str) -> Observation: ...
+    def observe(self, phase: str, *, time_left: Optional[float] = None) -> Observation: ...
 
 
 @dataclass(frozen=True)
@@ -421,7 +422,7 @@ class _Waiter:
             retry=retry_if_result(lambda observation: not phase_complete(phase, observation, self.targets)),
             retry_error_callback=lambda _state: self._timed_out(phase, deadline_kind),
         )
-        retrying(self._poll, phase)
+        retrying(self._poll, phase, deadline)
         self._finish(phase, "done")
         self._emit(phase, "done", f"{phase} ready: {describe_counts(phase, self.observation, self.targets)}")
 
@@ -433,9 +434,9 @@ class _Waiter:
             return total_deadline, "total"
         return phase_deadline, "phase"
 
-    def _poll(self, phase: str) -> Observation:
+    def _poll(self, phase: str, deadline: float) -> Observation:
         try:
-            observation = self.probe.observe(phase)
+            observation = self.probe.observe(phase, time_left=max(0.0, deadline - self.clock()))
         except CloudError as exc:
             if exc.transient:  # the probe already retried this call: ride the outage out to the deadline
                 return self._unobserved(phase, exc)
@@ -566,7 +567,7 @@ class ScriptedProbe:
         self.calls: list[tuple[float, str]] = []
         self._times, self._states = self._accumulate(sorted(timeline, key=lambda step: step[0]))
 
-    def observe(self, phase: str) -> Observation:
+    def observe(self, phase: str, *, time_left: Optional[float] = None) -> Observation:
         now = self.clock()
         self.calls.append((now, phase))
         observation = self.state_at(now)

@@ -187,11 +187,11 @@ class UnreachableProbe:
         self.error = error or CloudUnreachable("GET http://heat/v1/admin/stacks/demo: no answer after 5 attempts")
         self.failed_polls = 0
 
-    def observe(self, phase):
+    def observe(self, phase, *, time_left=None):
         if self.down_from <= self.clock() < self.down_until:
             self.failed_polls += 1
             raise self.error
-        return self.probe.observe(phase)
+        return self.probe.observe(phase, time_left=time_left)
 
 
 def test_an_outage_shorter_than_the_phase_deadline_is_ridden_out_and_said():
@@ -284,6 +284,26 @@ def test_no_sleep_goes_past_the_deadline():
 
     assert clock.now == pytest.approx(17)
     assert clock.sleeps[-1] < POLICY.maximum  # the last sleep was cut to the deadline
+
+
+def test_every_poll_is_told_how_long_its_phase_may_still_take():
+    deadlines = Deadlines(stack=900, hosts=300, nodes=600, total=2400)
+    clock, probe = make_probe(happy_until(60, hosts_signalled=2), poll_cost=0.4)
+    seen = []
+    observe = probe.observe
+
+    def observe_and_note(phase, *, time_left=None):
+        seen.append((clock.now, phase, time_left))
+        return observe(phase, time_left=time_left)
+
+    probe.observe = observe_and_note
+    with pytest.raises(PhaseTimeout) as caught:
+        wait(clock, probe, deadlines=deadlines)
+
+    hosts_started = caught.value.phases["hosts"].started
+    hosts_polls = [(now, left) for now, phase, left in seen if phase == "hosts"]
+    assert all(now + left == pytest.approx(hosts_started + 300) for now, left in hosts_polls)
+    assert hosts_polls[-1][1] == pytest.approx(0)
 
 
 # Poll interval and cost -----------------------------------------------------

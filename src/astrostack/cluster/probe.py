@@ -24,6 +24,10 @@ SMOKE_PROGRAM = ["/usr/local/bin/mpi_smoke"]
 # smoke test may take this long before it counts as "not yet ok" and is retried.
 SMOKE_BASE_S = 120
 SMOKE_PER_NODE_S = 1.0
+# ... but it ends this long before the nodes deadline (the probe's ssh round trip
+# and the monitor's last look), and is given at least this long.
+SMOKE_MARGIN_S = 10.0
+SMOKE_MIN_S = 20.0
 
 
 @dataclass(frozen=True)
@@ -68,15 +72,15 @@ class SwarmNodeProbe:
         self.smoke_program = smoke_program
         self.smoke_result: Optional[dict[str, Any]] = None
 
-    def observe_nodes(self) -> NodeView:
+    def observe_nodes(self, time_left: Optional[float] = None) -> NodeView:
         """What the nodes are now; a manager that does not answer (yet, or for a while)
         is not a failure: the monitor asks again until the nodes deadline."""
         try:
-            return self._observe()
+            return self._observe(time_left)
         except ClusterAccessError as exc:
             return NodeView(ready=0, requests=1, detail=f"manager not reachable yet: {exc}")
 
-    def _observe(self) -> NodeView:
+    def _observe(self, time_left: Optional[float]) -> NodeView:
         view = swarm.observe(self.spec, self.access)
         fatal = view.fatal_error
         if fatal:
@@ -92,27 +96,33 @@ class SwarmNodeProbe:
         if up < self.spec.nodes:
             return NodeView(ready=up, requests=3, detail=f"{up}/{self.spec.nodes} nodes answer (sshd), "
                                                          f"{view.tasks_running} tasks running")
-        smoke_ok, smoke_detail = self._smoke()
+        smoke_ok, smoke_detail = self._smoke(time_left)
         return NodeView(ready=up, smoke_ok=smoke_ok, requests=4, detail=smoke_detail)
 
-    def _smoke(self) -> tuple[bool, str]:
-        summary, detail = smoke_test(self.spec, self.access, self.smoke_program)
+    def _smoke(self, time_left: Optional[float]) -> tuple[bool, str]:
+        summary, detail = smoke_test(self.spec, self.access, self.smoke_program, time_left)
         if summary is None:
             return False, detail
         self.smoke_result = summary
         return True, f"mpirun -np {self.spec.nodes} smoke test ok across {len(set(summary.get('hosts', [])))} containers"
 
 
-def smoke_timeout(spec: ClusterSpec) -> float:
-    return SMOKE_BASE_S + SMOKE_PER_NODE_S * spec.nodes
+def smoke_timeout(spec: ClusterSpec, time_left: Optional[float] = None) -> float:
+    """How long one smoke test may run: its own allowance, and never past the phase's deadline."""
+    allowance = SMOKE_BASE_S + SMOKE_PER_NODE_S * spec.nodes
+    if time_left is None:
+        return allowance
+    return max(SMOKE_MIN_S, min(allowance, time_left - SMOKE_MARGIN_S))
 
 
-def smoke_test(spec: ClusterSpec, access: ManagerAccess, program: list[str]) -> tuple[Optional[dict[str, Any]], str]:
+def smoke_test(spec: ClusterSpec, access: ManagerAccess, program: list[str],
+               time_left: Optional[float] = None) -> tuple[Optional[dict[str, Any]], str]:
     """`mpirun -np <nodes> PROGRAM` in the master: its JSON summary if every rank took part,
     else None and why. A smoke test that hangs is stopped inside the container and, like one
     that fails, is only "not yet ok": the monitor tries again until the nodes deadline."""
-    seconds = smoke_timeout(spec)
-    argv = ["timeout", "-k", "5", f"{seconds:.0f}", *swarm.mpirun_argv(spec, program)]
+    seconds = smoke_timeout(spec, time_left)
+    # Its ranks mostly wait on each other: they yield rather than spin (mpirun_argv).
+    argv = ["timeout", "-k", "5", f"{seconds:.0f}", *swarm.mpirun_argv(spec, program, yield_when_idle=True)]
     try:
         result = swarm.run_in_master(spec, access, argv, timeout=seconds + 30)
     except ClusterAccessError as exc:
@@ -166,14 +176,14 @@ class MpiNodeProbe:
         self.access = access
         self.smoke_program = smoke_program
 
-    def observe_nodes(self) -> NodeView:
+    def observe_nodes(self, time_left: Optional[float] = None) -> NodeView:
         """As SwarmNodeProbe's: a manager that does not answer is asked again."""
         try:
-            return self._observe()
+            return self._observe(time_left)
         except ClusterAccessError as exc:
             return NodeView(ready=0, requests=1, detail=f"manager not reachable yet: {exc}")
 
-    def _observe(self) -> NodeView:
+    def _observe(self, time_left: Optional[float]) -> NodeView:
         view = mpi_mode.observe(self.spec, self.access)
         ranks = dict(zip(self.spec.host_names(), self.spec.ranks_per_host()))
         ready = sum(ranks.get(host, 0) for host in view.running)
@@ -186,7 +196,7 @@ class MpiNodeProbe:
         up_hosts = swarm.answering(self.spec, self.access, lines)
         if up_hosts < len(lines):
             return NodeView(ready=0, requests=3, detail=f"mpi: {up_hosts}/{len(lines)} hosts' MPI containers answer")
-        summary, detail = smoke_test(self.spec, self.access, self.smoke_program)
+        summary, detail = smoke_test(self.spec, self.access, self.smoke_program, time_left)
         if summary is None:
             return NodeView(ready=ready, smoke_ok=False, requests=3, detail=detail)
         return NodeView(ready=ready, smoke_ok=True, requests=4,
@@ -202,7 +212,7 @@ class TaskQueueProbe:
         self.access = access
         self.smoke_result: Optional[dict[str, Any]] = None
 
-    def observe_nodes(self) -> NodeView:
+    def observe_nodes(self, time_left: Optional[float] = None) -> NodeView:
         try:
             view = task_queue.observe(self.spec, self.access, smoke=True)
         except ClusterAccessError as exc:
