@@ -38,7 +38,8 @@ class NodeView:
 
 
 class NodeProbe(Protocol):
-    def observe_nodes(self) -> NodeView: ...
+    def observe_nodes(self, time_left: Optional[float] = None) -> NodeView:
+        """The nodes now; a smoke test run here ends within ``time_left`` seconds."""
 
 
 # What a host prints on its console when it cannot reach Heat's signal URL
@@ -68,10 +69,12 @@ class NoServerWatch:
 
 @dataclass(frozen=True)
 class SignalTrouble:
-    """A host's last failed try to signal Heat, as its console says."""
+    """Why a host's console says it cannot signal Heat: its last failed try
+    (``attempt``), or, ``final``, a state it cannot leave (no user data)."""
 
     attempt: int
     why: str
+    final: bool = False
 
 
 def signal_unreachable(console: str) -> Optional[SignalTrouble]:
@@ -85,6 +88,19 @@ def signal_unreachable(console: str) -> Optional[SignalTrouble]:
     return SignalTrouble(int(attempt) if attempt.isdigit() else 0,
                          f"cannot reach Heat's signal URL {url} ({error or 'no answer'}): the VMs need a route to "
                          "Heat's API (an internal-only endpoint, a private CA, a DNS name they cannot resolve?)")
+
+
+# What cloud-init prints when no datasource answered: the host has no user data,
+# so it runs none of astrostack's scripts and never signals.
+NO_DATASOURCE_LINE = "Datasource DataSourceNone"
+
+
+def no_user_data(console: str) -> Optional[SignalTrouble]:
+    """A host that booted without its metadata (cloud-init fell back to DataSourceNone)."""
+    if NO_DATASOURCE_LINE not in console:
+        return None
+    return SignalTrouble(0, "cloud-init got no answer from the metadata service (169.254.169.254) and "
+                            "booted without user data (DataSourceNone): it will never signal", final=True)
 
 
 class NovaServerWatch:
@@ -112,7 +128,7 @@ class NovaServerWatch:
         for server in servers:
             output = nova_call(lambda server=server: self.conn.compute.get_server_console_output(
                 server, length=CONSOLE_LINES).get("output", ""))
-            trouble = signal_unreachable(output or "")
+            trouble = no_user_data(output or "") or signal_unreachable(output or "")
             if trouble:
                 found[names[server.name]] = trouble
         return found
@@ -156,13 +172,13 @@ class DeploymentProbe:
         self.troubles_seen: dict[str, SignalTrouble] = {}
         self.observed_at: Optional[float] = None
 
-    def observe(self, phase: str) -> Observation:
+    def observe(self, phase: str, *, time_left: Optional[float] = None) -> Observation:
         before = self.heat.requests
         status, reason = self.heat.status(self.ref)
         resources = self.heat.resources(self.ref)
         waits = heat_stack.host_waits(resources)
         done, total = heat_stack.count_resources(resources)
-        node_view = self._nodes(phase)
+        node_view = self._nodes(phase, time_left)
         return Observation(
             stack_status=status,
             stack_reason=reason,
@@ -199,14 +215,15 @@ class DeploymentProbe:
         self.consoles_seen_at = now
         troubles = self.servers.cannot_signal(pending[:5])
         still = [(host, trouble.why) for host, trouble in troubles.items()
-                 if host in self.troubles_seen and trouble.attempt > self.troubles_seen[host].attempt]
+                 if trouble.final
+                 or (host in self.troubles_seen and trouble.attempt > self.troubles_seen[host].attempt)]
         self.troubles_seen = troubles
         return still
 
-    def _nodes(self, phase: str) -> Optional[NodeView]:
+    def _nodes(self, phase: str, time_left: Optional[float]) -> Optional[NodeView]:
         if phase != NODES or self.nodes is None:
             return None
-        return self.nodes.observe_nodes()
+        return self.nodes.observe_nodes(time_left)
 
     def _last_event(self, resources: list[dict[str, Any]], node_view: Optional[NodeView]) -> Optional[str]:
         if node_view and node_view.detail:

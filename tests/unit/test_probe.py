@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from astrostack.probe import SIGNAL_UNREACHABLE_MARKER, DeploymentProbe, SignalTrouble, signal_unreachable
+import pytest
+
+from astrostack.cluster import swarm
+from astrostack.cluster.probe import SMOKE_MARGIN_S, SMOKE_MIN_S, smoke_timeout
+from astrostack.probe import (
+    SIGNAL_UNREACHABLE_MARKER,
+    DeploymentProbe,
+    SignalTrouble,
+    no_user_data,
+    signal_unreachable,
+)
+from astrostack.spec import spec_from_dict
 
 COMMON_SH = Path(__file__).resolve().parents[2] / "cloud_init" / "scripts" / "common.sh"
 
@@ -77,5 +88,56 @@ def test_an_outage_of_heat_itself_is_not_taken_for_a_cut_off_host():
         assert probe._silent_because_cut_off("hosts", ["worker-1"]) == []
 
 
+# The last lines of a real console (the local cloud, metadata service too slow).
+NO_DATASOURCE_CONSOLE = """\
+[28810.633879] cloud-init[114]: 2026-12-01 19:47:14,243 - url_helper.py[ERROR]: Timed out, no response from urls: ['http://169.254.169.254/openstack']
+[28838.752147] cloud-init[255]: Cloud-init v. 22.4.2 finished at Tue, 01 Dec 2026 19:47:42 +0000. Datasource DataSourceNone.  Up 28838.71 seconds
+[28838.752288] cloud-init[255]: 2026-12-01 19:47:42,351 - cc_final_message.py[WARNING]: Used fallback datasource
+"""
+
+
+def test_a_host_that_booted_without_user_data_fails_at_the_first_console_look():
+    clock, watch = Clock(), Watch()
+    probe = DeploymentProbe(heat=None, ref=None, servers=watch, clock=clock)
+    watch.troubles = {"manager": no_user_data(NO_DATASOURCE_CONSOLE)}
+
+    for second in range(0, 30, 3):  # polls every 3 s; the first starts the clock
+        clock.now = second
+        assert probe._silent_because_cut_off("hosts", ["manager"]) == []
+    clock.now = 30  # the first console look: no need to see it twice
+    [(host, why)] = probe._silent_because_cut_off("hosts", ["manager"])
+
+    assert host == "manager" and "metadata service" in why and "DataSourceNone" in why
+    assert no_user_data("Cloud-init v. 22.4.2 finished at ... Datasource DataSourceOpenStack [net,ver=2].") is None
+
+
 def test_a_console_without_the_marker_says_nothing():
     assert signal_unreachable("cloud-init: signalled SUCCESS: manager ready\n") is None
+
+
+def cluster(**changes):
+    data = {"name": "c1", "cloud": "local", "hosts": 10, "nodes": 200,
+            "servers": {"image": "debian-12", "manager": {"flavor": "m1.small"}, "worker": {"flavor": "m1.small"}},
+            "ssh": {"allowed_cidr": "172.24.4.1/32"}, "network": {"external": "public"}}
+    return spec_from_dict({**data, **changes})
+
+
+def test_a_smoke_test_never_runs_past_the_nodes_deadline():
+    spec = cluster()
+    assert smoke_timeout(spec) == 120 + 200  # its own allowance: mpirun's start-up grows with the ranks
+    assert smoke_timeout(spec, time_left=100) == pytest.approx(100 - SMOKE_MARGIN_S)
+    assert smoke_timeout(spec, time_left=1000) == smoke_timeout(spec)
+    assert smoke_timeout(spec, time_left=3) == SMOKE_MIN_S  # a last try, not none
+
+
+@pytest.mark.parametrize("mode, cidr", [("swarm", "10.0.9.0/24"), ("mpi", "10.77.0.0/24")])
+def test_waiting_ranks_yield_only_when_asked(mode, cidr):
+    spec = cluster(mode=mode, network={"external": "public", "cidr": "10.77.0.0/24"})
+
+    plain = swarm.mpirun_argv(spec, ["/usr/local/bin/mpi_smoke"])
+    yielding = swarm.mpirun_argv(spec, ["/usr/local/bin/mpi_smoke"], yield_when_idle=True)
+
+    assert "mpi_yield_when_idle" not in plain
+    assert yielding[yielding.index("mpi_yield_when_idle") + 1] == "1"
+    assert yielding[-1] == "/usr/local/bin/mpi_smoke" and yielding.count(cidr) == 2
+    assert yielding[yielding.index("-np") + 1] == "200"
