@@ -44,9 +44,12 @@ choose_overlay_options() {
 
 # The manager's address is published before the join token: a worker waits
 # for the token, so it never reads a half-published state.
+# Heartbeats every 10 s (Docker's default is 5): a host is taken for dead after
+# three missed ones, and a busy host starting many containers missed 15 s
+# (its tasks were rescheduled elsewhere, starting the storm again there).
 init_swarm() {
   if [ "$(docker info --format '{{.Swarm.LocalNodeState}}')" != active ]; then
-    docker swarm init --advertise-addr "$MANAGER_IP" >/dev/null
+    docker swarm init --advertise-addr "$MANAGER_IP" --dispatcher-heartbeat 10s >/dev/null
   fi
   mark swarm_init
   choose_overlay_options

@@ -55,16 +55,50 @@ create_service() {
     "$@" "$(image_ref)" >/dev/null
 }
 
+# Tasks of a service that run now (Running and meant to run).
+running_tasks() {
+  docker service ps "$1" --filter desired-state=running --format '{{.CurrentState}}' 2>/dev/null \
+    | grep -c '^Running' || true
+}
+
+# Workers are started a few per host at a time: each container start is a burst
+# of work for its host (network namespace, overlay endpoint, iptables, sshd),
+# and hundreds at once on a few cores starve the engines' heartbeats, so the
+# Swarm takes hosts for dead and reschedules their tasks (seen at 10 x 200 on
+# 2 cores). A step is HOSTS x START_PER_HOST tasks (2 per core of this host,
+# at least 4): small clusters start in one step, 1000 nodes on 12 16-core
+# hosts in three.
+START_PER_HOST=${START_PER_HOST:-$(( $(nproc) * 2 > 4 ? $(nproc) * 2 : 4 ))}
+STEP_TIMEOUT=${STEP_TIMEOUT:-120}
+
+start_workers_in_steps() {
+  local total=$1 step=$(( HOSTS * START_PER_HOST )) target deadline
+  # Started before (this script runs again after a reboot): as it is.
+  if docker service inspect "$CLUSTER-worker" >/dev/null 2>&1; then return 0; fi
+  target=$(( step < total ? step : total ))
+  create_service "$CLUSTER-worker" worker "$target"
+  while :; do
+    deadline=$(( $(date +%s) + STEP_TIMEOUT ))
+    # The next step once this one runs (or, if it is slow, after STEP_TIMEOUT:
+    # the cluster probe and its deadline judge the whole, not this loop).
+    while (( $(running_tasks "$CLUSTER-worker") < target && $(date +%s) < deadline )); do sleep 1; done
+    (( target < total )) || break
+    target=$(( target + step < total ? target + step : total ))
+    status starting "starting workers: $target of $total"
+    docker service scale --detach "$CLUSTER-worker=$target" >/dev/null
+  done
+}
+
 start_swarm_services() {
   status starting "waiting for $HOSTS hosts to join"
   wait_for_hosts
   wait_for_image
   create_ssh_secrets
   create_service "$CLUSTER-master" master 1 --constraint node.role==manager
-  if (( NODES > 1 )); then
-    create_service "$CLUSTER-worker" worker $((NODES - 1))
-  fi
   mark services_created
+  if (( NODES > 1 )); then
+    start_workers_in_steps $((NODES - 1))
+  fi
   status running "services created: 1 master, $((NODES - 1)) workers"
 }
 
