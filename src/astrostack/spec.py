@@ -66,6 +66,12 @@ HEAT_RESOURCES_PER_WORKER = 5
 # Addresses an overlay network uses besides the containers: network address,
 # broadcast, gateway, and one load-balancer endpoint per Swarm node.
 OVERLAY_RESERVED_ADDRESSES = 3
+# A task the Swarm replaces (its host missed heartbeats, its container ended)
+# keeps its address until the old task is gone: room for half of the nodes to
+# be replaced at once. Without it, 200 nodes on 10 hosts in a /24 ran out of
+# addresses as soon as the tasks of a few busy hosts were rescheduled, and the
+# replacements could never start ("could not find an available IP").
+OVERLAY_REPLACEMENT_SHARE = 0.5
 
 
 # Checks the models share ------------------------------------------------------
@@ -514,12 +520,14 @@ def _check_overlay_capacity(spec: ClusterSpec) -> None:
     if spec.mode is not Mode.swarm or spec.kind is Kind.task_queue:
         return
     net = ipaddress.IPv4Network(spec.overlay.subnet)
+    room = math.ceil(spec.nodes * OVERLAY_REPLACEMENT_SHARE)
     usable = net.num_addresses - OVERLAY_RESERVED_ADDRESSES - spec.hosts
-    if spec.nodes > usable:
-        need = 32 - math.ceil(math.log2(spec.nodes + spec.hosts + OVERLAY_RESERVED_ADDRESSES))
+    if spec.nodes + room > usable:
+        need = 32 - math.ceil(math.log2(spec.nodes + room + spec.hosts + OVERLAY_RESERVED_ADDRESSES))
         raise ValueError(
-            f"overlay.subnet: {spec.overlay.subnet} holds {max(usable, 0)} containers with "
-            f"{spec.hosts} hosts, not {spec.nodes}: use a /{need} or larger"
+            f"overlay.subnet: {spec.overlay.subnet} has {max(usable, 0)} addresses for containers with "
+            f"{spec.hosts} hosts; {spec.nodes} nodes need {spec.nodes + room} (room for half of them being "
+            f"replaced at once): use a /{need} or larger"
         )
 
 

@@ -118,7 +118,8 @@ def test_a_console_without_the_marker_says_nothing():
 def cluster(**changes):
     data = {"name": "c1", "cloud": "local", "hosts": 10, "nodes": 200,
             "servers": {"image": "debian-12", "manager": {"flavor": "m1.small"}, "worker": {"flavor": "m1.small"}},
-            "ssh": {"allowed_cidr": "172.24.4.1/32"}, "network": {"external": "public"}}
+            "ssh": {"allowed_cidr": "172.24.4.1/32"}, "network": {"external": "public"},
+            "overlay": {"subnet": "10.0.8.0/22"}}
     return spec_from_dict({**data, **changes})
 
 
@@ -130,7 +131,7 @@ def test_a_smoke_test_never_runs_past_the_nodes_deadline():
     assert smoke_timeout(spec, time_left=3) == SMOKE_MIN_S  # a last try, not none
 
 
-@pytest.mark.parametrize("mode, cidr", [("swarm", "10.0.9.0/24"), ("mpi", "10.77.0.0/24")])
+@pytest.mark.parametrize("mode, cidr", [("swarm", "10.0.8.0/22"), ("mpi", "10.77.0.0/24")])
 def test_waiting_ranks_yield_only_when_asked(mode, cidr):
     spec = cluster(mode=mode, network={"external": "public", "cidr": "10.77.0.0/24"})
 

@@ -100,7 +100,7 @@ def test_every_cloud_gets_the_same_defaults_for_packages_and_encryption():
 @pytest.mark.parametrize(("hosts", "nodes"), [(1, 1), (3, 12), (12, 96), (5, 17), (7, 7), (12, 1000), (100, 400)])
 def test_ranks_spread_over_every_host_evenly_manager_first(hosts, nodes):
     spec = spec_from_dict(
-        {**REQUIRED, "name": "spread", "hosts": hosts, "nodes": nodes, "overlay": {"subnet": "10.0.12.0/22"},
+        {**REQUIRED, "name": "spread", "hosts": hosts, "nodes": nodes, "overlay": {"subnet": "10.0.8.0/21"},
          "network": {"cidr": "10.10.0.0/23"}}
     )
     ranks = spec.ranks_per_host()
@@ -163,13 +163,15 @@ def test_heat_limit_allows_exactly_up_to_the_advertised_host_count():
 
 
 def test_overlay_capacity_boundary_is_where_the_message_says():
-    # A /24 holds 256 addresses: 3 reserved and one per host.
-    fits = spec_from_dict({**REQUIRED, "name": "o", "hosts": 3, "nodes": 256 - 3 - 3})
-    assert fits.nodes == 250
-    error = pytest.raises(SpecError, spec_from_dict, {**REQUIRED, "name": "o", "hosts": 3, "nodes": 251}, SOURCE).value
+    # A /24 holds 256 addresses: 3 reserved and one per host; the nodes need room
+    # for half of them to be replaced at once: 166 + 83 <= 250 < 167 + 84.
+    fits = spec_from_dict({**REQUIRED, "name": "o", "hosts": 3, "nodes": 166})
+    assert fits.nodes == 166
+    error = pytest.raises(SpecError, spec_from_dict, {**REQUIRED, "name": "o", "hosts": 3, "nodes": 167}, SOURCE).value
     assert blamed_field(error) == "overlay.subnet"
+    assert "167 nodes need 251" in str(error)
     suggested = str(error).rsplit("use a /", 1)[1].split()[0]
-    spec_from_dict({**REQUIRED, "name": "o", "hosts": 3, "nodes": 251, "overlay": {"subnet": f"10.0.8.0/{suggested}"}})
+    spec_from_dict({**REQUIRED, "name": "o", "hosts": 3, "nodes": 167, "overlay": {"subnet": f"10.0.8.0/{suggested}"}})
 
 
 def test_mpi_mode_needs_no_overlay_room():
