@@ -11,6 +11,7 @@ path to PyPI inside the build container.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -117,29 +118,56 @@ def _import_rootfs(rootfs: Path, tag: str, progress: Progress) -> None:
         raise LocalCloudError(f"docker import of {rootfs} did not create {tag}")
 
 
+# The label that says which version of images/<name>/ an image was built from.
+RECIPE_LABEL = "org.astrostack.recipe-sha256"
+
+
+def recipe_digest(name: str) -> str:
+    """sha256 over every file of ``images/<name>/`` (relative path and content)."""
+    root = paths.images_dir() / name
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def built_from_current_recipe(name: str) -> bool:
+    """True if ``astrostack/<name>:latest`` exists and was built from images/<name>/ as it is now
+    (an image built before its recipe changed, or by hand without the label, is not)."""
+    try:
+        labels = _client().images.get(f"astrostack/{name}:latest").labels or {}
+    except docker.errors.ImageNotFound:
+        return False
+    return labels.get(RECIPE_LABEL) == recipe_digest(name)
+
+
 def build(name: str, progress: Progress = None, *, context: Path | None = None,
           buildargs: dict | None = None) -> str:
     """Build ``images/<name>/Dockerfile`` as ``astrostack/<name>:latest``; return its id.
 
+    The image is labelled with its recipe's digest (:func:`built_from_current_recipe`).
     Every line of the build log goes to ``progress``. A failing step raises a
     one-line :class:`LocalCloudError` naming the step and the error.
     """
-    context = context or paths.images_dir() / name
+    recipe = paths.images_dir() / name
+    context = context or recipe
     if not (context / "Dockerfile").is_file():
         raise LocalCloudError(f"no Dockerfile in {context}")
     tag = f"astrostack/{name}:latest"
+    labels = {RECIPE_LABEL: recipe_digest(name)} if (recipe / "Dockerfile").is_file() else {}
     if not (context / "requirements.txt").is_file():
-        return _build_context(context, tag, progress, buildargs)
+        return _build_context(context, tag, progress, buildargs, labels)
     with tempfile.TemporaryDirectory(prefix=f"build-{name}-") as work:
         copy = Path(work) / name
         shutil.copytree(context, copy, symlinks=True)
         download_wheels(copy / "requirements.txt", copy / "wheels", progress)
-        return _build_context(copy, tag, progress, buildargs)
+        return _build_context(copy, tag, progress, buildargs, labels)
 
 
-def _build_context(context: Path, tag: str, progress: Progress, buildargs: dict | None) -> str:
+def _build_context(context: Path, tag: str, progress: Progress, buildargs: dict | None,
+                   labels: dict[str, str]) -> str:
     stream = _client().api.build(path=str(context), tag=tag, rm=True, forcerm=True,
-                                 decode=True, buildargs=buildargs or {})
+                                 decode=True, buildargs=buildargs or {}, labels=labels)
     _follow_build(stream, tag, progress)
     return image_digest(tag)
 

@@ -175,11 +175,11 @@ def cloud_counts(user, admin) -> dict[str, int]:
 
 def built_image(recipe: str) -> str:
     """astrostack/RECIPE:latest on this machine, built from images/RECIPE if it is not
-    there yet (`up` pushes it to the site registry)."""
+    there yet or was built from an older recipe (`up` pushes it to the site registry)."""
     from astrostack import images
 
     reference = f"astrostack/{recipe}:latest"
-    if not images.image_exists(reference):
+    if not images.built_from_current_recipe(recipe):
         images.ensure_base_image(progress=print)
         images.build(recipe, progress=print)
     return reference

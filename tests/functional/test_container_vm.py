@@ -185,7 +185,7 @@ def lab(docker_client, tmp_path_factory):
         pytest.skip("needs root and dnsmasq")
     from astrostack import images
 
-    if not images.image_exists(IMAGE):
+    if not images.built_from_current_recipe("vm"):
         images.ensure_base_image(progress=print)
         images.build("vm", progress=print)
     sweep_stale_t2_vms(docker_client)

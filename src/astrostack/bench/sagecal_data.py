@@ -72,7 +72,7 @@ def build_images(tarball: Optional[Path] = None, progress: Progress = None) -> t
     """Build astrostack/sagecal and its tools stage (from TARBALL, or what images/sagecal/sagecal-src holds
     or downloads); return both image ids. mpi-base and the Debian base are built first when missing."""
     images.ensure_base_image(progress)
-    if not images.image_exists("astrostack/mpi-base:latest"):
+    if not images.built_from_current_recipe("mpi-base"):
         images.build("mpi-base", progress)
     recipe = paths.images_dir() / "sagecal"
     with tempfile.TemporaryDirectory(prefix="sagecal-context-") as work:

@@ -27,14 +27,16 @@ UPLOAD_TIMEOUT_S = 1800
 
 
 def ensure_docker_image(say: Progress) -> str:
-    """The Docker image to put in Glance: astrostack/vm:latest, built (once) when missing.
+    """The Docker image to put in Glance: astrostack/vm:latest, built when missing or
+    when images/vm/ changed since it was built.
 
     While images/vm/ does not build, the Debian base image stands in (enough
     for the fake compute driver), and the next start replaces it.
     """
-    if images.image_exists(DOCKER_IMAGE):
+    if images.built_from_current_recipe("vm"):
         return DOCKER_IMAGE
-    say(f"building {DOCKER_IMAGE} for Glance (once; a few minutes)")
+    say(f"building {DOCKER_IMAGE} for Glance ({'images/vm changed' if images.image_exists(DOCKER_IMAGE) else 'once'}; "
+        "a few minutes)")
     images.ensure_base_image(progress=None)
     try:
         images.build("vm", progress=_build_progress(say))
