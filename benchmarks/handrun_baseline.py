@@ -220,7 +220,10 @@ class Hands:
             return False
 
     def clean(self) -> None:
-        for kind, item in reversed(self.made):
+        # Servers first: the volume is attached to the NFS server until it is gone
+        # (in plain reverse order the volume came first and waited on it for 300 s).
+        order = sorted(reversed(self.made), key=lambda made: made[0] != "server")
+        for kind, item in order:
             try:
                 if kind == "server":
                     self.conn.compute.delete_server(item)
