@@ -121,7 +121,7 @@ def smoke_test(spec: ClusterSpec, access: ManagerAccess, program: list[str],
     else None and why. A smoke test that hangs is stopped inside the container and, like one
     that fails, is only "not yet ok": the monitor tries again until the nodes deadline."""
     seconds = smoke_timeout(spec, time_left)
-    # Its ranks mostly wait on each other: they yield rather than spin (mpirun_argv).
+    # Its ranks mostly wait on each other: mpi_smoke sleeps while it waits, and yields (mpirun_argv).
     argv = ["timeout", "-k", "5", f"{seconds:.0f}", *swarm.mpirun_argv(spec, program, yield_when_idle=True)]
     try:
         result = swarm.run_in_master(spec, access, argv, timeout=seconds + 30)

@@ -176,9 +176,10 @@ def mpirun_argv(spec: ClusterSpec, program: list[str], np: int | None = None,
 
     Each container is a host of one slot to Open MPI, so it cannot see that
     several share a VM's vCPUs and lets every waiting rank spin. With
-    ``yield_when_idle`` a waiting rank gives its CPU away instead: needed when
-    the ranks of a host outnumber its vCPUs (200 spinning ranks on 2 cores
-    took minutes for a token ring that takes milliseconds)."""
+    ``yield_when_idle`` a waiting rank offers its CPU to the others between
+    looks; it helps where the ranks of a host outnumber its vCPUs, but a
+    yielding rank stays runnable (200 of them on 2 cores still took minutes),
+    so mpi_smoke also sleeps while it waits."""
     cidr = spec.network.cidr if spec.mode is Mode.mpi else spec.overlay.subnet
     return [
         "mpirun", "--hostfile", f"/share/{HOSTFILE}", "-np", str(np or spec.nodes),
