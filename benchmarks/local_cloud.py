@@ -139,7 +139,8 @@ def main() -> int:
     runs = []
     for i in range(args.runs):
         runs.append(one_run(i, args.hosts, args.nodes))
-        print(f"run {i}: {'failed' if 'failed' in runs[-1] else 'ready'} in {runs[-1]['total']:.1f} s", flush=True)
+        if "failed" not in runs[-1]:  # a failed run said so itself (one_run), with why
+            print(f"run {i}: ready in {runs[-1]['total']:.1f} s", flush=True)
     print(f"astrostack up of examples/local.yaml ({args.hosts} hosts, {args.nodes} nodes) on the local OpenStack")
     print(f"{'run':>3} {'stack':>7} {'hosts':>7} {'nodes':>7} {'up':>7} {'down':>7} {'cpu s':>7} "
           f"{'core-s/node':>11} {'MiB/VM':>7}")
