@@ -24,6 +24,7 @@ astrostack/mpi-base. Prints a table; exit 0 if the median meets the target.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import statistics
 import sys
@@ -37,7 +38,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from astrostack import lifecycle  # noqa: E402
 from astrostack.errors import AstrostackError  # noqa: E402
-from astrostack.spec import spec_from_dict  # noqa: E402
+from astrostack.spec import overlay_prefix_for, spec_from_dict  # noqa: E402
 
 PREVIOUS_UP_S = (65.0, 70.0)   # the noauth local cloud, same machine, issue 8
 TARGET_RATIO = 1.2
@@ -70,8 +71,9 @@ def one_run(index: int, hosts: int, nodes: int) -> dict:
     data = yaml.safe_load((ROOT / "examples" / "local.yaml").read_text())
     data.update(name=f"bench-lc-{index}", hosts=hosts, nodes=nodes)
     data["network"]["cidr"] = f"10.{120 + index}.0.0/24"
-    if nodes > 160:  # more than the example's /24 overlay holds (spec: room to replace half of them)
-        data["overlay"]["subnet"] = "10.0.8.0/21"
+    prefix = overlay_prefix_for(hosts, nodes)
+    if prefix < ipaddress.ip_network(data["overlay"]["subnet"]).prefixlen:  # more than the example's overlay holds
+        data["overlay"]["subnet"] = str(ipaddress.ip_network(f"10.8.0.0/{prefix}", strict=False))
     spec = spec_from_dict(data)
     cpu_before, started = cpu_seconds(), time.monotonic()
     try:

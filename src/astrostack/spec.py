@@ -516,18 +516,27 @@ def _settle_task_queue(spec: ClusterSpec) -> None:
         spec.application = Application(image=DASK_IMAGE)
 
 
+def overlay_addresses_needed(nodes: int) -> int:
+    """Overlay addresses NODES containers need: their own and room for half of them being
+    replaced at once (a replacement gets its address before the old task's is freed)."""
+    return nodes + math.ceil(nodes * OVERLAY_REPLACEMENT_SHARE)
+
+
+def overlay_prefix_for(hosts: int, nodes: int) -> int:
+    """The longest prefix of an overlay subnet that holds NODES containers on HOSTS hosts."""
+    return 32 - math.ceil(math.log2(overlay_addresses_needed(nodes) + hosts + OVERLAY_RESERVED_ADDRESSES))
+
+
 def _check_overlay_capacity(spec: ClusterSpec) -> None:
     if spec.mode is not Mode.swarm or spec.kind is Kind.task_queue:
         return
     net = ipaddress.IPv4Network(spec.overlay.subnet)
-    room = math.ceil(spec.nodes * OVERLAY_REPLACEMENT_SHARE)
     usable = net.num_addresses - OVERLAY_RESERVED_ADDRESSES - spec.hosts
-    if spec.nodes + room > usable:
-        need = 32 - math.ceil(math.log2(spec.nodes + room + spec.hosts + OVERLAY_RESERVED_ADDRESSES))
+    if overlay_addresses_needed(spec.nodes) > usable:
         raise ValueError(
             f"overlay.subnet: {spec.overlay.subnet} has {max(usable, 0)} addresses for containers with "
-            f"{spec.hosts} hosts; {spec.nodes} nodes need {spec.nodes + room} (room for half of them being "
-            f"replaced at once): use a /{need} or larger"
+            f"{spec.hosts} hosts; {spec.nodes} nodes need {overlay_addresses_needed(spec.nodes)} (room for half "
+            f"of them being replaced at once): use a /{overlay_prefix_for(spec.hosts, spec.nodes)} or larger"
         )
 
 
