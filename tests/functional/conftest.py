@@ -5,11 +5,19 @@ clusters the tests deploy on them.
 Environment:
   ASTROSTACK_TEST_TIMEOUT         seconds any single wait may take (default 180).
   ASTROSTACK_REQUIRE_LOCAL_CLOUD  fail (not skip) when the local cloud cannot run (CI sets it).
+
+scripts/functional.sh runs these tests two at a time (pytest-xdist, one test
+project per worker), then the ``exclusive`` ones (they stop or cut off a
+service every test uses) alone. Tests of a module that shares a
+module-scoped cluster or lab stay on one worker; test_clusters.py's tests
+are each on their own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +28,26 @@ TEMPLATES = Path(__file__).parent / "templates"
 EXAMPLE_SPEC = Path(__file__).resolve().parents[2] / "examples" / "local.yaml"
 # Test clusters are named ft-*: a benchmark waits while such clusters run.
 TEST_PREFIX = "ft-"
+# Modules whose tests share nothing but session fixtures: spread over the workers test by test.
+INDEPENDENT_MODULES = {"test_clusters.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every other module's tests go to one worker (``--dist loadgroup``): they share a
+    module-scoped cluster, lab or image that one worker sets up once."""
+    for item in items:
+        if item.path.name not in INDEPENDENT_MODULES:
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
+
+
+@contextlib.contextmanager
+def machine_lock(name: str):
+    """Held by one test process of this machine at a time (the workers build and start
+    the same things)."""
+    from filelock import FileLock
+
+    with FileLock(os.path.join(tempfile.gettempdir(), f"astrostack-tests-{name}.lock")):
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -69,7 +97,7 @@ def local_cloud(docker_client):
         _unavailable("the local cloud needs root (bridges, iptables, loop devices)")
     from astrostack.local import controlplane
 
-    controlplane.start(say=print)
+    controlplane.start(say=print)  # one start at a time on this machine (its own lock)
     return controlplane
 
 
@@ -179,9 +207,10 @@ def built_image(recipe: str) -> str:
     from astrostack import images
 
     reference = f"astrostack/{recipe}:latest"
-    if not images.built_from_current_recipe(recipe):
-        images.ensure_base_image(progress=print)
-        images.build(recipe, progress=print)
+    with machine_lock("images"):
+        if not images.built_from_current_recipe(recipe):
+            images.ensure_base_image(progress=print)
+            images.build(recipe, progress=print)
     return reference
 
 

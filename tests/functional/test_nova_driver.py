@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.functional
+# Its probe prunes the hypervisor image cache that the local cloud's nova-compute uses too.
+pytestmark = [pytest.mark.functional, pytest.mark.exclusive]
 
 SOURCE = Path(__file__).resolve().parents[2] / "src"
 PROBE = Path(__file__).with_name("nova_driver_probe.py")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import _unavailable, cloud_counts
+from conftest import _unavailable, cloud_counts, machine_lock
 from test_clusters import assert_nothing_left, one_error, run_cli
 
 from astrostack import job as jobs_lib
@@ -46,7 +46,8 @@ def sagecal_image(docker_client):
     sagecal-selfcheck: an image that cannot calibrate is never tagged)."""
     if not TARBALL.is_file():
         _unavailable(f"no SAGECal source tarball at {TARBALL} (ASTROSTACK_SAGECAL_TARBALL)")
-    sagecal_data.build_images(TARBALL, progress=None)
+    with machine_lock("images"):
+        sagecal_data.build_images(TARBALL, progress=None)
     return sagecal_data.SAGECAL_IMAGE
 
 
