@@ -97,7 +97,8 @@ def local_cloud(docker_client):
         _unavailable("the local cloud needs root (bridges, iptables, loop devices)")
     from astrostack.local import controlplane
 
-    controlplane.start(say=print)  # one start at a time on this machine (its own lock)
+    with machine_lock("local-cloud"):  # a second `local start` beside a running one refuses: take turns
+        controlplane.start(say=print)
     return controlplane
 
 
