@@ -619,6 +619,7 @@ def _settle_scale_failure(old: ClusterSpec, new: ClusterSpec, heat: Heat, ref: S
     record.evidence_dir = str(evidence)
     runtime.note(f"scale of {new.name} to {new.hosts} hosts failed: returning to {old.hosts} hosts")
     try:
+        _end_update_under_way(heat, ref, new, runtime)
         _resize(new, old, heat, ref, manager, record, runtime)
     except (MonitorError, AstrostackError) as exc:
         record.status = "failed"
@@ -631,6 +632,16 @@ def _settle_scale_failure(old: ClusterSpec, new: ClusterSpec, heat: Heat, ref: S
                         phase=error.phase, evidence=str(evidence), rolled_back=True, hint=f"evidence in {evidence}")
 
 
+def _end_update_under_way(heat: Heat, ref: StackRef, spec: ClusterSpec, runtime: Runtime) -> None:
+    """A stack update still running (a scale that failed while Heat worked on) is cancelled,
+    and Heat's rollback of it waited for: Heat refuses another update until then (409)."""
+    status, _ = heat.status(ref)
+    if status == "UPDATE_IN_PROGRESS":
+        runtime.note(f"cancelling the stack update of {spec.name} still under way (Heat rolls it back)")
+        heat.cancel_update(ref)
+        _wait_for_update(heat, ref, spec.timeouts.stack_create, runtime)
+
+
 def rollback(name: str, *, runtime: Runtime | None = None) -> state.ClusterRecord:
     """Return a cluster to its size before the last scale (a deployment like
     `scale`); a stack update still under way is cancelled first (Heat rolls it back)."""
@@ -640,10 +651,7 @@ def rollback(name: str, *, runtime: Runtime | None = None) -> state.ClusterRecor
         current = spec_from_dict(record.spec)
         heat = Heat(runtime.connect(current.cloud), sleep=runtime.sleep)
         ref = _stack_of(name, heat, record)
-        status, _ = heat.status(ref)
-        if status == "UPDATE_IN_PROGRESS":
-            heat.cancel_update(ref)
-            _wait_for_update(heat, ref, current.timeouts.stack_create, runtime)
+        _end_update_under_way(heat, ref, current, runtime)
         if record.previous_spec is None:
             raise InvalidInput(f"cluster {name} has not been scaled: nothing to roll back to")
         previous = spec_from_dict(record.previous_spec)

@@ -126,12 +126,22 @@ class NovaServerWatch:
                    if s.name in names]
         found = {}
         for server in servers:
-            output = nova_call(lambda server=server: self.conn.compute.get_server_console_output(
-                server, length=CONSOLE_LINES).get("output", ""))
-            trouble = no_user_data(output or "") or signal_unreachable(output or "")
+            output = nova_call(lambda server=server: console_so_far(self.conn, server, CONSOLE_LINES))
+            trouble = no_user_data(output) or signal_unreachable(output)
             if trouble:
                 found[names[server.name]] = trouble
         return found
+
+
+def console_so_far(conn: Any, server: Any, length: int) -> str:
+    """The server's console output; empty while it has none yet (Nova answers 404 "Guest
+    does not have a console available" for a server that is still being built)."""
+    from openstack.exceptions import NotFoundException
+
+    try:
+        return conn.compute.get_server_console_output(server, length=length).get("output", "") or ""
+    except NotFoundException:
+        return ""
 
 
 def nova_call(call: Callable[[], T]) -> T:

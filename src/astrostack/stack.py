@@ -203,8 +203,17 @@ class Heat:
             status, reason = self.status(ref)
             if status == "DELETE_FAILED":
                 raise DeleteFailed(f"stack {ref.name} is DELETE_FAILED: {reason or 'no reason given'}", reason=reason)
+            if not status.startswith("DELETE_") and not status.endswith("_IN_PROGRESS") \
+                    and clock() - started >= DELETE_TAKEN_WITHIN_S:
+                # Asked to delete while an update ran, Heat finished (rolled back) the update instead.
+                raise DeleteFailed(f"stack {ref.name} is {status}, not being deleted", reason=f"Heat left it {status}")
             self.sleep(min(poll_s, max(0.0, deadline - clock())))
         raise WaitTimeout(f"stack {ref.name} not deleted within {deadline_s:.0f} s (last status {status})")
+
+
+# A stack asked to be deleted that shows another settled status this long after is
+# not being deleted (the request is sent again, as after DELETE_FAILED).
+DELETE_TAKEN_WITHIN_S = 10.0
 
 
 class DeleteFailed(CloudError):

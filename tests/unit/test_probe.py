@@ -142,3 +142,18 @@ def test_waiting_ranks_yield_only_when_asked(mode, cidr):
     assert yielding[yielding.index("mpi_yield_when_idle") + 1] == "1"
     assert yielding[-1] == "/usr/local/bin/mpi_smoke" and yielding.count(cidr) == 2
     assert yielding[yielding.index("-np") + 1] == "200"
+
+
+def test_a_server_still_being_built_has_an_empty_console_not_an_error():
+    from openstack.exceptions import NotFoundException
+
+    from astrostack.probe import console_so_far
+
+    class Compute:
+        def get_server_console_output(self, server, length):
+            raise NotFoundException("404: Guest does not have a console available.")
+
+    class Conn:
+        compute = Compute()
+
+    assert console_so_far(Conn(), "server", 80) == ""

@@ -79,3 +79,46 @@ def test_scrub_hides_secret_looking_keys_at_any_depth():
     data = {"stack": {"parameters": {"token": "abc", "cluster_name": "x"}, "outputs": [{"private_key": "k"}]}}
     assert scrub(data) == {"stack": {"parameters": {"token": "<hidden>", "cluster_name": "x"},
                                      "outputs": [{"private_key": "<hidden>"}]}}
+
+
+# --- waiting for a delete ---------------------------------------------------------------
+
+class ScriptedHeat:
+    """Heat's answers to `find` and `status` over (fake) time: STATUSES[i] at poll i."""
+
+    def __init__(self, statuses):
+        from astrostack.stack import Heat, StackRef
+
+        self.ref = StackRef("c", "id-1")
+        self.statuses = list(statuses)
+        self.now = 0.0
+        self.heat = Heat.__new__(Heat)
+        self.heat.sleep = self.advance
+        self.heat.find = lambda name: self.ref if self.statuses else None
+        self.heat.status = lambda ref: (self.statuses.pop(0), "")
+
+    def advance(self, seconds):
+        self.now += seconds
+
+    def clock(self):
+        return self.now
+
+
+def test_a_stack_that_settles_in_another_status_is_not_being_deleted():
+    import pytest
+
+    from astrostack.stack import DeleteFailed
+
+    scripted = ScriptedHeat(["UPDATE_IN_PROGRESS"] * 3 + ["ROLLBACK_COMPLETE"] * 20)
+
+    with pytest.raises(DeleteFailed, match="ROLLBACK_COMPLETE, not being deleted"):
+        scripted.heat.wait_gone(scripted.ref, 300, clock=scripted.clock)
+    assert scripted.now < 20
+
+
+def test_the_old_status_for_a_moment_after_the_request_is_still_a_delete_under_way():
+    scripted = ScriptedHeat(["CREATE_COMPLETE", "CREATE_COMPLETE", "DELETE_IN_PROGRESS", "DELETE_IN_PROGRESS"])
+
+    scripted.heat.wait_gone(scripted.ref, 300, clock=scripted.clock)  # gone after the 4th poll
+
+    assert scripted.statuses == []
