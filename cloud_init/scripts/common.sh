@@ -216,10 +216,13 @@ block_metadata_from_containers() {
     || iptables -I DOCKER-USER -d 169.254.169.254/32 -j REJECT
 }
 
+# lookupcache=positive: a host waits on the share for files another host
+# writes (the join token, the manager's address); an NFS client that cached
+# "no such file" would not look again for up to acdirmin (30 s).
 mount_share() {
   mkdir -p "$MOUNT_POINT"
   grep -q " $MOUNT_POINT " /etc/fstab || \
-    echo "$NFS_IP:$EXPORT_PATH $MOUNT_POINT nfs4 defaults,_netdev,hard,timeo=600 0 0" >>/etc/fstab
+    echo "$NFS_IP:$EXPORT_PATH $MOUNT_POINT nfs4 defaults,_netdev,hard,timeo=600,lookupcache=positive 0 0" >>/etc/fstab
   if ! mountpoint -q "$MOUNT_POINT"; then
     retry 60 5 mount "$MOUNT_POINT" || fail "NFS $NFS_IP:$EXPORT_PATH not mountable after 5 min"
   fi

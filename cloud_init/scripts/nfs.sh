@@ -26,7 +26,7 @@ volume_device() {
 prepare_volume() {
   local dev uuid
   mkdir -p "$EXPORT_PATH"
-  retry 60 5 volume_device >/dev/null || fail "volume $VOLUME_ID did not appear within 5 min"
+  retry 300 1 volume_device >/dev/null || fail "volume $VOLUME_ID did not appear within 5 min"
   dev=$(volume_device)
   if ! blkid "$dev" >/dev/null 2>&1; then mkfs.ext4 -q -L astroshare "$dev"; fi
   uuid=$(blkid -s UUID -o value "$dev")

@@ -377,7 +377,7 @@ def test_an_fstab_entry_of_the_products_form_mounts(lab, exported):
     client = lab.vms["t2-client"]
 
     lab.run(client, f"mkdir -p /mnt/fstab && echo '{exported.ip}:/export/share /mnt/fstab nfs4 "
-                    "defaults,_netdev,hard,timeo=600 0 0' >> /etc/fstab && mount /mnt/fstab && test -s /mnt/fstab/s")
+                    "defaults,_netdev,hard,timeo=600,lookupcache=positive 0 0' >> /etc/fstab && mount /mnt/fstab && test -s /mnt/fstab/s")
 
 
 # --- restarts -------------------------------------------------------------------------------------
