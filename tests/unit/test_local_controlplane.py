@@ -175,12 +175,13 @@ def test_service_table_binds_apis_to_the_gateway_and_the_rest_to_loopback():
     assert (rabbit["RABBITMQ_NODE_IP_ADDRESS"], rabbit["RABBITMQ_NODE_PORT"], rabbit["RABBITMQ_DIST_PORT"],
             rabbit["ERL_EPMD_PORT"]) == ("127.0.0.1", "17672", "27672", "14369")
     assert table["registry"].probe.url == f"http://{API_HOST}:5050/v2/"
+    assert (table["memcached"].probe.host, table["memcached"].probe.port) == ("127.0.0.1", 11311)
 
 
 def test_service_table_lists_every_process_once_with_known_prerequisites():
     table = services.service_table()
     names = [service.name for service in table]
-    assert len(names) == len(set(names)) == 20
+    assert len(names) == len(set(names)) == 21
     assert {"nova-conductor", "nova-scheduler", "nova-compute", "cinder-scheduler", "cinder-volume",
             "heat-engine", "astrostack-localnet"} <= set(names)
     for service in table:
@@ -190,8 +191,8 @@ def test_service_table_lists_every_process_once_with_known_prerequisites():
 
 def test_a_single_service_brings_what_it_needs():
     table = services.service_table()
-    assert services.with_prerequisites(table, ["heat-api"]) == ["epmd", "mariadb", "rabbitmq", "keystone",
-                                                                 "heat-api"]
+    assert services.with_prerequisites(table, ["heat-api"]) == ["epmd", "mariadb", "rabbitmq", "memcached",
+                                                                 "keystone", "heat-api"]
     with pytest.raises(InvalidInput, match="no such service: heat"):
         services.with_prerequisites(table, ["heat"])
 

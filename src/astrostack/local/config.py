@@ -142,6 +142,7 @@ def context(compute_driver: str) -> dict:
         "external_bridge": naming.EXTERNAL_BRIDGE,
         "mariadb_port": layout.MARIADB_PORT,
         "rabbitmq_port": layout.RABBITMQ_PORT,
+        "memcached": f"{layout.LOOPBACK}:{layout.MEMCACHED_PORT}",
         "registry_address": layout.registry_address(),
     }
 

@@ -42,6 +42,7 @@ OPENSTACK_REQUIREMENTS = (
 DEBIAN_PACKAGES = {
     "/usr/sbin/mysqld": "mariadb-server",
     "/usr/lib/rabbitmq/bin/rabbitmq-server": "rabbitmq-server",
+    "/usr/bin/memcached": "memcached",
     "/usr/sbin/dnsmasq": "dnsmasq-base",
     "/usr/sbin/iptables": "iptables",
     "/usr/sbin/ipset": "ipset",

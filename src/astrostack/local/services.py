@@ -117,7 +117,11 @@ DAEMONS = (
     ("cinder-volume", "cinder-volume", ("cinder", "cinder.conf"), ("mariadb", "rabbitmq")),
     ("heat-engine", "heat-engine", ("heat", "heat.conf"), ("mariadb", "rabbitmq")),
 )
-INFRASTRUCTURE = ("epmd", "mariadb", "rabbitmq", "registry")
+# Keystone caches token validations and role assignments there (without a cache,
+# it was the busiest process of the machine: SQL queries for every token of
+# every request). memcached evicts the least recently used beyond this size.
+MEMCACHED_MIB = 64
+INFRASTRUCTURE = ("epmd", "mariadb", "rabbitmq", "memcached", "registry")
 
 
 def _etc(folder: str, name: str) -> Path:
@@ -125,7 +129,8 @@ def _etc(folder: str, name: str) -> Path:
 
 
 def infrastructure_services() -> list[Service]:
-    """MariaDB, RabbitMQ (and the epmd it needs) and the site registry, all Debian's."""
+    """MariaDB, RabbitMQ (and the epmd it needs), memcached (Keystone's cache) and the site
+    registry, all Debian's."""
     rabbit = layout.state_dir("rabbitmq")
     my_cnf, registry_cfg = _etc("mariadb", "my.cnf"), _etc("registry", "config.yml")
     return [
@@ -136,6 +141,9 @@ def infrastructure_services() -> list[Service]:
         Service("rabbitmq", ("/usr/lib/rabbitmq/bin/rabbitmq-server",),
                 config=(_etc("rabbitmq", "rabbitmq.conf"),),
                 probe=TcpProbe(layout.LOOPBACK, layout.RABBITMQ_PORT), after=("epmd",), env=rabbitmq_env(rabbit)),
+        Service("memcached", ("/usr/bin/memcached", "-u", "memcache", "-l", layout.LOOPBACK,
+                              "-p", str(layout.MEMCACHED_PORT), "-U", "0", "-m", str(MEMCACHED_MIB)),
+                probe=TcpProbe(layout.LOOPBACK, layout.MEMCACHED_PORT)),
         Service("registry", ("/usr/bin/docker-registry", "serve", str(registry_cfg)), config=(registry_cfg,),
                 probe=HttpProbe(f"http://{layout.registry_address()}/v2/")),
     ]
@@ -173,7 +181,7 @@ def api_services() -> list[Service]:
         config = tuple(_etc(folder, file) for folder, file in files)
         args = [arg for path in config for arg in ("--config-file", str(path))]
         host, port = layout.api_host(), layout.API_PORTS[name]
-        after = ("mariadb",) if name == "keystone" else ("mariadb", "rabbitmq", "keystone")
+        after = ("mariadb", "memcached") if name == "keystone" else ("mariadb", "rabbitmq", "keystone")
         services.append(Service(
             name, (python, "-m", "astrostack_localcloud.wsgi", name, *args, "--bind", f"{host}:{port}"),
             config=config, probe=HttpProbe(f"http://{host}:{port}{API_HEALTH_PATH.get(name, '/')}"),
