@@ -8,7 +8,7 @@ cluster creates.
 Outcomes are read from the OpenStack APIs (Heat, Nova, Neutron, Cinder,
 Keystone), from the state store and from the `astrostack` command's exit code
 and stderr. Phase timeouts come from ASTROSTACK_TEST_TIMEOUT (conftest
-``phase_timeout()``); two tests at a time, the ``exclusive`` ones alone
+``phase_timeout()``); the ``exclusive`` ones alone
 (scripts/functional.sh).
 """
 
