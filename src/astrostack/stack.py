@@ -46,6 +46,11 @@ class StackRef:
         return f"/stacks/{self.name}/{self.id}"
 
 
+# A stack asked to be deleted that shows another settled status this long after is
+# not being deleted (the request is sent again, as after DELETE_FAILED).
+DELETE_TAKEN_WITHIN_S = 10.0
+
+
 class Heat:
     """A thin, retrying client of one cloud's orchestration API."""
 
@@ -209,11 +214,6 @@ class Heat:
                 raise DeleteFailed(f"stack {ref.name} is {status}, not being deleted", reason=f"Heat left it {status}")
             self.sleep(min(poll_s, max(0.0, deadline - clock())))
         raise WaitTimeout(f"stack {ref.name} not deleted within {deadline_s:.0f} s (last status {status})")
-
-
-# A stack asked to be deleted that shows another settled status this long after is
-# not being deleted (the request is sent again, as after DELETE_FAILED).
-DELETE_TAKEN_WITHIN_S = 10.0
 
 
 class DeleteFailed(CloudError):

@@ -7,10 +7,10 @@ Environment:
   ASTROSTACK_REQUIRE_LOCAL_CLOUD  fail (not skip) when the local cloud cannot run (CI sets it).
 
 scripts/functional.sh runs these tests ASTROSTACK_TEST_WORKERS at a time
-(default 1; pytest-xdist, one test project per worker), then the ``exclusive`` ones (they stop or cut off a
-service every test uses) alone. Tests of a module that shares a
-module-scoped cluster or lab stay on one worker; test_clusters.py's tests
-are each on their own.
+(default 1; more with pytest-xdist, one test project per worker), then the
+``exclusive`` ones (they stop or cut off something every test uses) alone.
+Side by side, the tests of a module that shares a module-scoped cluster or
+lab stay on one worker; test_clusters.py's tests are each on their own.
 """
 
 from __future__ import annotations

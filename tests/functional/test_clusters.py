@@ -8,7 +8,7 @@ cluster creates.
 Outcomes are read from the OpenStack APIs (Heat, Nova, Neutron, Cinder,
 Keystone), from the state store and from the `astrostack` command's exit code
 and stderr. Phase timeouts come from ASTROSTACK_TEST_TIMEOUT (conftest
-``phase_timeout()``); the ``exclusive`` ones alone
+``phase_timeout()``). Tests marked ``exclusive`` run when no other test does
 (scripts/functional.sh).
 """
 
