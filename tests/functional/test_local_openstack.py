@@ -128,3 +128,29 @@ def stack_status_or_gone(user, stack_id: str) -> str | None:
 
 def _same(before: dict[str, int], now: dict[str, int]) -> dict[str, int] | None:
     return now if now == before else None
+
+
+def test_the_start_check_from_the_vms_side_names_a_port_a_firewall_rule_rejects(local_cloud, monkeypatch):
+    """`local start` connects to the APIs from the VMs' side of the external bridge: each
+    answers; a port a REJECT rule stops fails the check, naming it and the rule to look at."""
+    import socket
+    import subprocess
+
+    from astrostack.errors import LocalCloudError
+    from astrostack.local import external_net, layout
+
+    assert external_net.unreachable_from_vm_side(layout.vm_facing_ports()) == {}
+    gateway = layout.external_net().gateway
+    with socket.create_server((gateway, 0)) as listener:
+        port = listener.getsockname()[1]
+        assert external_net.unreachable_from_vm_side({"spare": port}) == {}
+        monkeypatch.setattr(layout, "vm_facing_ports", lambda: {"spare": port})
+        rule = ["INPUT", "-i", external_net.bridge_name(), "-p", "tcp", "--dport", str(port), "-j", "REJECT"]
+        subprocess.run(["iptables", "-w", "10", "-I", *rule], check=True)
+        try:
+            with pytest.raises(LocalCloudError) as failed:
+                external_net.check_vm_side(say=print)
+        finally:
+            subprocess.run(["iptables", "-w", "10", "-D", *rule], check=True)
+    assert f"spare ({port}: Connection refused)" in str(failed.value) and "iptables -S INPUT" in failed.value.hint
+    assert not Path("/run/netns", external_net.VM_SIDE_NAMESPACE).exists()

@@ -149,12 +149,28 @@ def test_external_network_follows_the_cidr_setting(monkeypatch):
 
 
 def test_nat_rules_masquerade_the_range_out_of_other_interfaces():
-    rules = external_net.nat_rules("172.24.4.0/24", "astro-ex")
+    rules = external_net.host_rules("172.24.4.0/24", "astro-ex")
     masquerade = [rule for table, chain, rule in rules if (table, chain) == ("nat", "POSTROUTING")]
     assert masquerade == [["-s", "172.24.4.0/24", "!", "-o", "astro-ex", "-m", "physdev", "!", "--physdev-is-bridged",
                            "-m", "comment", "--comment", external_net.COMMENT, "-j", "MASQUERADE"]]
     forward = [rule for table, chain, rule in rules if chain == "FORWARD"]
     assert {tuple(rule[:2]) for rule in forward} == {("-s", "172.24.4.0/24"), ("-d", "172.24.4.0/24")}
+    assert not [rule for table, chain, rule in rules if chain == "INPUT"]
+
+
+def test_the_vms_reach_exactly_the_api_and_registry_ports_through_a_host_firewall():
+    rules = external_net.host_rules("172.24.4.0/24", "astro-ex", layout.vm_facing_ports().values())
+    (accept,) = [rule for table, chain, rule in rules if (table, chain) == ("filter", "INPUT")]
+    assert accept[:2] == ["-i", "astro-ex"] and accept[-2:] == ["-j", "ACCEPT"]
+    ports = accept[accept.index("--dports") + 1].split(",")
+    assert sorted(map(int, ports)) == sorted([*DESIGN_PORTS.values(), layout.REGISTRY_PORT])
+
+
+def test_the_vm_side_check_uses_an_address_outside_the_floating_ip_pool():
+    net = layout.external_net()
+    pool = range(int(ipaddress.ip_address(net.pool_start)), int(ipaddress.ip_address(net.pool_end)) + 1)
+    probe = ipaddress.ip_address(net.vm_side_probe)
+    assert probe in ipaddress.ip_network(net.cidr) and int(probe) not in pool and str(probe) != net.gateway
 
 
 # --- service table -------------------------------------------------------------------

@@ -4,7 +4,8 @@ start: Debian packages and the OpenStack venv (once), the external bridge,
 config files, MariaDB/RabbitMQ/registry, then (first start only) schemas and
 Keystone's set-up, Keystone, the identity set-up, every other service, and
 the cloud's contents (flavors, external network, quotas, the VM image,
-clouds.yaml). A later start only starts what is not running.
+clouds.yaml), and a check that the VMs' side of the external bridge reaches
+the APIs. A later start only starts what is not running.
 """
 
 from __future__ import annotations
@@ -105,6 +106,7 @@ def _start(only: Optional[list[str]], say: Progress) -> StartReport:
     started = _start_all(sup, say)
     _contents(say)
     _check_still_running(sup, [service.name for service in sup.table])
+    external_net.check_vm_side(say)
     seconds = time.monotonic() - began
     say(f"local cloud up in {seconds:.0f} s: clouds `{clouds_yaml.USER_CLOUD}` and "
         f"`{clouds_yaml.ADMIN_CLOUD}` in {clouds_yaml.clouds_yaml_path()}")

@@ -48,6 +48,8 @@ class ExternalNet:
     gateway: str
     pool_start: str
     pool_end: str
+    # Outside the pool: the address `local start` checks the VMs' way to the APIs from.
+    vm_side_probe: str
 
     @property
     def prefixlen(self) -> int:
@@ -55,14 +57,16 @@ class ExternalNet:
 
 
 def external_net() -> ExternalNet:
-    """172.24.4.0/24 (gateway .1, pool .10-.250) unless ASTROSTACK_LOCAL_EXTERNAL_CIDR says otherwise."""
+    """172.24.4.0/24 (gateway .1, pool .10-.250, .253 for the start's check) unless
+    ASTROSTACK_LOCAL_EXTERNAL_CIDR says otherwise."""
     network = ipaddress.IPv4Network(os.environ.get(EXTERNAL_CIDR_ENV, DEFAULT_EXTERNAL_CIDR))
     hosts = list(network.hosts())
     if len(hosts) < 16:
         raise LocalCloudError(f"{EXTERNAL_CIDR_ENV}={network} is too small for the external network",
                               hint="use a /27 or larger")
     return ExternalNet(cidr=str(network), gateway=str(hosts[0]),
-                       pool_start=str(hosts[min(9, len(hosts) - 2)]), pool_end=str(hosts[-5]))
+                       pool_start=str(hosts[min(9, len(hosts) - 2)]), pool_end=str(hosts[-5]),
+                       vm_side_probe=str(hosts[-2]))
 
 
 def api_host() -> str:
@@ -76,6 +80,11 @@ def api_url(service: str) -> str:
 
 def registry_address() -> str:
     return f"{api_host()}:{REGISTRY_PORT}"
+
+
+def vm_facing_ports() -> dict[str, int]:
+    """What the VMs (and routers' metadata proxies) reach on the gateway: the APIs and the registry."""
+    return {**API_PORTS, "registry": REGISTRY_PORT}
 
 
 def local_dir() -> Path:
