@@ -98,8 +98,24 @@ def local_cloud(docker_client):
     from astrostack.local import controlplane
 
     with machine_lock("local-cloud"):  # a second `local start` beside a running one refuses: take turns
+        remove_cutoffs_left_behind()
         controlplane.start(say=print)
     return controlplane
+
+
+# The comment on the rule a test inserts to cut the VMs off from Heat (removed at the
+# session's start should a killed run have left it: it would fail every later deploy).
+CUTOFF_COMMENT = ["-m", "comment", "--comment", "astrostack-test-cutoff"]
+
+
+def remove_cutoffs_left_behind() -> None:
+    import subprocess
+
+    listed = subprocess.run(["iptables", "-w", "10", "-S", "INPUT"], capture_output=True, text=True, check=True)
+    for line in listed.stdout.splitlines():
+        if line.startswith("-A INPUT ") and CUTOFF_COMMENT[-1] in line:
+            print(f"removing a cut-off rule a test left behind: {line}")
+            subprocess.run(["iptables", "-w", "10", "-D", *line.split()[1:]], check=True)
 
 
 @pytest.fixture(scope="session")

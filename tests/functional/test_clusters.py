@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from conftest import cloud_counts
+from conftest import CUTOFF_COMMENT, cloud_counts
 
 from astrostack import cloud, lifecycle, marks, state
 from astrostack.cli.main import main
@@ -352,7 +352,7 @@ def test_a_host_that_cannot_reach_heat_fails_the_wait_at_once_naming_the_url(clo
     before = cloud_counts(*clouds)
     spec = make_spec("ft-cutoff", "10.98.0.0/24", **FAULT_SIZE, timeouts={"hosts_ready": 600})
     cluster_cleanup(spec.name)
-    block = ["INPUT", "-i", "astro-ex", "-p", "tcp", "--dport", "18004", "-j", "REJECT"]
+    block = ["INPUT", "-i", "astro-ex", "-p", "tcp", "--dport", "18004", *CUTOFF_COMMENT, "-j", "REJECT"]
     subprocess.run(["iptables", "-I", *block], check=True)
     try:
         code, _, err, elapsed = up_cli(capsys, spec_file(spec))
