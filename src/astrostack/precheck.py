@@ -1,5 +1,6 @@
 """Pre-checks, before anything is created: the credentials can do what Heat
-needs (trusts), the image is one astrostack's cloud-init runs on, flavors,
+needs (trusts), the VMs could reach Heat's API to signal it (its endpoint is
+not on loopback), the image is one astrostack's cloud-init runs on, flavors,
 external network and keypair exist, and the project's quotas hold the plan
 (instances, cores, RAM, floating IPs, ports, security groups and rules,
 volumes, gigabytes) — the commonest causes of stacks stuck half-built.
@@ -7,8 +8,10 @@ volumes, gigabytes) — the commonest causes of stacks stuck half-built.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
+from urllib.parse import urlsplit
 
 import yaml
 from openstack import exceptions as os_exc
@@ -37,6 +40,7 @@ def precheck(spec: ClusterSpec, conn: Any) -> list[Need]:
     """Raise :class:`PrecheckFailed` naming the first missing thing or quota."""
     try:
         check_credentials(conn)
+        check_signal_endpoint(conn)
         flavors = _check_names(spec, conn)
         needs = plan_needs(spec, flavors)
         free = free_quota(conn)
@@ -70,6 +74,30 @@ def check_credentials(conn: Any) -> None:
             "needs for a stack",
             hint="create one Heat can use: `openstack application credential create --unrestricted NAME` "
                  "(or log in with a password)")
+
+
+def check_signal_endpoint(conn: Any) -> None:
+    """Each VM signals Heat at a URL under Heat's public endpoint: one on loopback
+    (a cloud whose catalog names localhost) no VM can reach."""
+    url = conn.endpoint_for("orchestration", interface="public")
+    problem = unreachable_from_a_vm(url) if url else None
+    if problem:
+        raise PrecheckFailed(f"the orchestration (Heat) endpoint {url} {problem}: no VM could signal its wait "
+                             "condition", hint="ask your cloud admin for a public Heat endpoint the servers can reach")
+
+
+def unreachable_from_a_vm(url: str) -> Optional[str]:
+    """Why no server could reach ``url`` whatever its network (None when one may)."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return "names localhost"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None  # a DNS name: the VMs may resolve it
+    if address.is_loopback or address.is_unspecified:
+        return f"is on {address}, this machine's own address"
+    return None
 
 
 # The host scripts use apt-get and Debian's package names.

@@ -157,3 +157,4 @@ def test_a_server_still_being_built_has_an_empty_console_not_an_error():
         compute = Compute()
 
     assert console_so_far(Conn(), "server", 80) == ""
+
