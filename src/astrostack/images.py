@@ -1,7 +1,10 @@
 """Container images of the local cloud, built with the Docker SDK.
 
 No registry is reachable from the test machines, so the base image is made
-from Debian's mirror with ``debootstrap`` and imported; every other image is
+from Debian's mirror with ``debootstrap`` and imported, without the packages
+debootstrap downloaded and apt's lists and caches (80 of its 210 MB), and with
+the apt settings Debian's own container images carry (every later
+``apt-get install`` drops its downloads and caches too); every other image is
 ``images/<name>/Dockerfile`` built FROM it with the classic builder. A recipe
 with a ``requirements.txt`` (pinned Python packages) gets them as wheels that
 this machine's pip downloads into a copy of its context (``wheels/``): the
@@ -74,17 +77,63 @@ def mirror() -> str:
     return os.environ.get("ASTROSTACK_DEBIAN_MIRROR", DEFAULT_MIRROR)
 
 
+# What debootstrap leaves that an image needs not carry: the .debs it
+# downloaded, apt's package lists and its binary caches (each Dockerfile runs
+# `apt-get update` before it installs).
+BASE_LEFTOVERS = ("var/cache/apt/archives/*.deb", "var/cache/apt/archives/partial/*", "var/cache/apt/*.bin",
+                  "var/lib/apt/lists/*")
+# Debian's container images' apt settings (debuerreotype's docker-clean and
+# docker-no-languages): after every install the downloads and caches go, and
+# no translations are fetched.
+APT_CLEAN_CONF = {
+    "etc/apt/apt.conf.d/docker-clean": (
+        'DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb '
+        '/var/cache/apt/*.bin || true"; };\n'
+        'APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb '
+        '/var/cache/apt/*.bin || true"; };\n'
+        'Dir::Cache::pkgcache "";\nDir::Cache::srcpkgcache "";\n'),
+    "etc/apt/apt.conf.d/docker-no-languages": 'Acquire::Languages "none";\n',
+}
+
+
+def base_recipe_digest() -> str:
+    """sha256 of how the base image is made (its label; every image built FROM it includes it)."""
+    recipe = repr((SUITE, "minbase", BASE_LEFTOVERS, sorted(APT_CLEAN_CONF.items())))
+    return hashlib.sha256(recipe.encode()).hexdigest()
+
+
 def ensure_base_image(progress: Progress = None, *, force: bool = False) -> str:
-    """Make ``astrostack/debian:bookworm`` unless it exists; return its id."""
-    if image_exists(BASE_IMAGE) and not force:
+    """Make ``astrostack/debian:bookworm`` unless it exists as the current recipe makes it;
+    return its id."""
+    if not force and _label(BASE_IMAGE) == base_recipe_digest():
         return image_digest(BASE_IMAGE)
     if shutil.which("debootstrap") is None:
         raise LocalCloudError("debootstrap is not installed", hint="apt-get install -y debootstrap")
     with tempfile.TemporaryDirectory(prefix="debootstrap-", dir=paths.local_dir()) as work:
         rootfs = Path(work) / "rootfs"
         _debootstrap(rootfs, progress)
+        _trim_rootfs(rootfs)
         _import_rootfs(rootfs, BASE_IMAGE, progress)
     return image_digest(BASE_IMAGE)
+
+
+def _label(tag: str) -> Optional[str]:
+    """The recipe label of a local image (None: no such image, or built without it)."""
+    try:
+        return (_client().images.get(tag).labels or {}).get(RECIPE_LABEL)
+    except docker.errors.ImageNotFound:
+        return None
+
+
+def _trim_rootfs(rootfs: Path) -> None:
+    for pattern in BASE_LEFTOVERS:
+        for path in rootfs.glob(pattern):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+    for relative, text in APT_CLEAN_CONF.items():
+        (rootfs / relative).write_text(text)
 
 
 def _debootstrap(rootfs: Path, progress: Progress) -> None:
@@ -113,7 +162,8 @@ def _import_rootfs(rootfs: Path, tag: str, progress: Progress) -> None:
             tar.add(str(rootfs), arcname=".")
         archive.seek(0)
         repository, _, image_tag = tag.partition(":")
-        _client().api.import_image_from_data(archive, repository=repository, tag=image_tag)
+        _client().api.import_image_from_data(archive, repository=repository, tag=image_tag,
+                                             changes=[f"LABEL {RECIPE_LABEL}={base_recipe_digest()}"])
     if not image_exists(tag):
         raise LocalCloudError(f"docker import of {rootfs} did not create {tag}")
 
@@ -123,9 +173,10 @@ RECIPE_LABEL = "org.astrostack.recipe-sha256"
 
 
 def recipe_digest(name: str) -> str:
-    """sha256 over every file of ``images/<name>/`` (relative path and content)."""
+    """sha256 over every file of ``images/<name>/`` (relative path and content) and the
+    base image's recipe (every image is built FROM it)."""
     root = paths.images_dir() / name
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(base_recipe_digest().encode() + b"\0")
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
@@ -134,11 +185,7 @@ def recipe_digest(name: str) -> str:
 def built_from_current_recipe(name: str) -> bool:
     """True if ``astrostack/<name>:latest`` exists and was built from images/<name>/ as it is now
     (an image built before its recipe changed, or by hand without the label, is not)."""
-    try:
-        labels = _client().images.get(f"astrostack/{name}:latest").labels or {}
-    except docker.errors.ImageNotFound:
-        return False
-    return labels.get(RECIPE_LABEL) == recipe_digest(name)
+    return _label(f"astrostack/{name}:latest") == recipe_digest(name)
 
 
 def build(name: str, progress: Progress = None, *, context: Path | None = None,
