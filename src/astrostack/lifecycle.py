@@ -272,7 +272,7 @@ def collect_evidence(spec: ClusterSpec, heat: Heat, ref: StackRef, record: state
         _note_failure(notes, "traceback.txt", lambda: (folder / "traceback.txt").write_text(
             "".join(traceback.format_exception(error.__cause__))))
     pieces: dict[str, Callable[[], Any]] = {
-        "stack.json": lambda: heat.show(ref),
+        "stack.json": lambda: heat.show(ref, outputs=True),
         "events.json": lambda: heat.events(ref),
         "resources.json": lambda: heat.resources(ref),
         "failed_resources.json": lambda: heat_stack.failed_resources(heat.resources(ref)),

@@ -89,7 +89,7 @@ class Heat:
     def find(self, name: str) -> Optional[StackRef]:
         """The live stack called NAME (a deleted one counts as gone)."""
         try:
-            body = self.get_json(f"/stacks/{name}")
+            body = self.get_json(f"/stacks/{name}", resolve_outputs="false")
         except NotFound:
             return None
         stack = body.get("stack", body)
@@ -97,8 +97,10 @@ class Heat:
             return None
         return StackRef(stack["stack_name"], stack["id"])
 
-    def show(self, ref: StackRef) -> dict[str, Any]:
-        return self.get_json(ref.path)["stack"]
+    def show(self, ref: StackRef, *, outputs: bool = False) -> dict[str, Any]:
+        """The stack; its outputs only when asked (Heat resolves each, asking Nova and
+        Neutron for the attributes they name: most of a poll's time otherwise)."""
+        return self.get_json(ref.path, **({} if outputs else {"resolve_outputs": "false"}))["stack"]
 
     def status(self, ref: StackRef) -> tuple[str, str]:
         stack = self.show(ref)
@@ -153,7 +155,7 @@ class Heat:
         return list(self.show(ref).get("tags") or [])
 
     def outputs(self, ref: StackRef) -> dict[str, Any]:
-        stack = self.show(ref)
+        stack = self.show(ref, outputs=True)
         return {o["output_key"]: o.get("output_value") for o in stack.get("outputs", [])}
 
     def parameters(self, ref: StackRef) -> dict[str, Any]:
