@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -109,8 +110,6 @@ CUTOFF_COMMENT = ["-m", "comment", "--comment", "astrostack-test-cutoff"]
 
 
 def remove_cutoffs_left_behind() -> None:
-    import subprocess
-
     listed = subprocess.run(["iptables", "-w", "10", "-S", "INPUT"], capture_output=True, text=True, check=True)
     for line in listed.stdout.splitlines():
         if line.startswith("-A INPUT ") and CUTOFF_COMMENT[-1] in line:

@@ -74,14 +74,14 @@ def ensure_ip_forward() -> bool:
     return True
 
 
-def host_rules(cidr: str, bridge: str, ports: Iterable[int] = ()) -> list[tuple[str, str, list[str]]]:
+def host_rules(cidr: str, bridge: str, ports: Iterable[int]) -> list[tuple[str, str, list[str]]]:
     """(table, chain, rule) of every iptables rule the external network needs; ``ports``
     are the TCP ports of this machine the VMs reach over it."""
     tag = ["-m", "comment", "--comment", COMMENT]
     vm_facing = ",".join(str(port) for port in sorted(ports))
     return [
-        *([("filter", "INPUT", ["-i", bridge, "-p", "tcp", "-m", "multiport", "--dports", vm_facing,
-                                *tag, "-j", "ACCEPT"])] if vm_facing else []),
+        ("filter", "INPUT", ["-i", bridge, "-p", "tcp", "-m", "multiport", "--dports", vm_facing,
+                             *tag, "-j", "ACCEPT"]),
         # Not bridged traffic (a tenant bridge's packets pass POSTROUTING through br_netfilter too).
         ("nat", "POSTROUTING", ["-s", cidr, "!", "-o", bridge, "-m", "physdev", "!", "--physdev-is-bridged",
                                 *tag, "-j", "MASQUERADE"]),
@@ -159,11 +159,12 @@ def _remove_vm_side() -> None:
 
 def check_vm_side(say: Progress) -> None:
     """Fail when a VM could not reach an API, the metadata service or the registry."""
-    failed = unreachable_from_vm_side(layout.vm_facing_ports())
+    ports = layout.vm_facing_ports()
+    failed = unreachable_from_vm_side(ports)
     if failed:
         gateway = layout.external_net().gateway
         raise LocalCloudError(
             f"the VMs cannot reach {gateway} on {', '.join(f'{name} ({why})' for name, why in failed.items())}: "
             "a firewall rule of this machine stops them",
             hint=f"see `iptables -S INPUT` for a DROP or REJECT above the {COMMENT} rule")
-    say(f"the VMs' side of {bridge_name()} reaches the {len(layout.vm_facing_ports())} API and registry ports")
+    say(f"the VMs' side of {bridge_name()} reaches the {len(ports)} API and registry ports")
