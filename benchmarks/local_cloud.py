@@ -13,7 +13,8 @@ Each run deploys a cluster named bench-lc-N exactly as a user does
 (`lifecycle.up`: pre-checks, the image pushed to the site registry, Heat,
 Nova servers that are container-VMs booting with cloud-init from the metadata
 service, a Swarm, the smoke test), reads memory and CPU while it is ready,
-then `down`. The previous local cloud (a noauth Heat engine with resource
+keeps the evidence `up` keeps of a failure (Heat's events, consoles, the
+Swarm's task history; the folder is printed), then `down`. The previous local cloud (a noauth Heat engine with resource
 plugins, no Keystone/Nova/Neutron/Cinder) took 65-70 s for the same `up` on
 this machine (issue 8); the target is <= 1.2 x that, i.e. <= 81 s.
 
@@ -84,11 +85,20 @@ def one_run(index: int, hosts: int, nodes: int) -> dict:
     total = time.monotonic() - started
     cpu = cpu_seconds() - cpu_before
     memory = vm_memory_mib(spec.name)
+    print(f"run {index}: evidence of how it went in {keep_evidence(spec.name)}", flush=True)
     down_started = time.monotonic()
     lifecycle.down(spec.name)
     phases = {name: (entry.finished - entry.started).total_seconds() for name, entry in record.phases.items()}
     return {"total": total, "phases": phases, "down": time.monotonic() - down_started, "cpu": cpu,
             "memory": statistics.mean(memory) if memory else 0.0, "vms": len(memory), "nodes": nodes}
+
+
+def keep_evidence(name: str) -> str:
+    """What `up` keeps of a failed run, for a run that succeeded: Heat's events,
+    the consoles, the Swarm's task history (slow runs are explained afterwards)."""
+    found = lifecycle.locate(name, None, lifecycle.Runtime())
+    assert found.spec and found.heat and found.ref and found.record
+    return str(lifecycle.collect_evidence(found.spec, found.heat, found.ref, found.record, None, with_cluster=True))
 
 
 BASELINE_TARGET = 1.1

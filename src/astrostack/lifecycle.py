@@ -262,10 +262,12 @@ def _settle_failure(spec: ClusterSpec, heat: Heat, ref: StackRef, record: state.
 
 
 def collect_evidence(spec: ClusterSpec, heat: Heat, ref: StackRef, record: state.ClusterRecord,
-                     error: Optional[BaseException]) -> Path:
-    """Everything that explains a failure, written before anything is deleted.
-    Each piece is best effort: a missing piece is noted, never fatal, so that
-    evidence can never stop the rollback that follows."""
+                     error: Optional[BaseException], *, with_cluster: bool = False) -> Path:
+    """Everything that explains a failure (or, for a benchmark, how a success
+    went), written before anything is deleted. Each piece is best effort: a
+    missing piece is noted, never fatal, so that evidence can never stop the
+    rollback that follows. What the cluster itself says is asked for when the
+    nodes phase failed (the hosts are up) or WITH_CLUSTER."""
     folder = state.evidence_dir(spec.name, time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6])
     notes: list[str] = []
     if error is not None and error.__cause__ is not None:
@@ -281,7 +283,7 @@ def collect_evidence(spec: ClusterSpec, heat: Heat, ref: StackRef, record: state
     for filename, fetch in pieces.items():
         _note_failure(notes, filename, lambda fetch=fetch, filename=filename: heat_stack.write_json(folder / filename, fetch()))
     _note_failure(notes, "consoles", lambda: _collect_consoles(spec, heat, folder))
-    if str(getattr(error, "phase", "")).endswith(NODES):  # the hosts are up: what the cluster itself says
+    if with_cluster or str(getattr(error, "phase", "")).endswith(NODES):  # the hosts are up
         _note_failure(notes, "cluster.txt", lambda: (folder / "cluster.txt").write_text(
             cluster_snapshot(spec, manager_access(spec, heat, ref, record).access())))
     summary = {
