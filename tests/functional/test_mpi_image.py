@@ -162,3 +162,13 @@ def test_node_without_secrets_exits_with_a_clear_message(docker_client, mpi_imag
 
     assert result["StatusCode"] != 0
     assert "error: /run/secrets/ssh_key is missing or empty" in logs
+
+
+def test_open_mpi_waits_in_the_smoke_programs_gentle_usleep(docker_client, mpi_image):
+    """libmpi's fence waits (usleep(100) in a loop) resolve to mpi_smoke's own usleep,
+    which sleeps at least 5 ms: hundreds of ranks waiting in MPI_Init stay asleep."""
+    script = ("LD_BIND_NOW=1 LD_DEBUG=bindings mpirun --allow-run-as-root -np 1 -x LD_BIND_NOW -x LD_DEBUG "
+              "/usr/local/bin/mpi_smoke 2>&1 | grep -F \"\\`usleep'\"")
+    output = docker_client.containers.run(mpi_image, ["sh", "-c", script], remove=True,
+                                          labels=TEST_LABEL).decode(errors="replace")
+    assert "libmpi.so" in output and "to /usr/local/bin/mpi_smoke" in output, output

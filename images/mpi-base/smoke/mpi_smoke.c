@@ -18,16 +18,46 @@
  * where spinning ranks starve the ones with work to do and the container
  * engines' heartbeats. Open MPI's mpi_yield_when_idle is not enough: a
  * yielding rank stays runnable and Linux still gives it its time slice.
+ *
+ * Open MPI's own waits are made gentle too (see usleep below): the fences of
+ * MPI_Init and MPI_Finalize, where a rank waits until mpirun has started every
+ * other rank (seconds to minutes with hundreds of containers on a few cores).
  */
+#include <errno.h>
 #include <mpi.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #define VECTOR_LEN (64 * 1024) /* doubles: 512 KiB */
 
 static double vector[VECTOR_LEN];
 static double summed[VECTOR_LEN];
+
+/*
+ * Open MPI 4.1 waits for its runtime (OMPI_LAZY_WAIT_FOR_COMPLETION: the
+ * fences in MPI_Init and MPI_Finalize) by calling opal_progress() and then
+ * usleep(100), over and over: 10 000 wake-ups a second per rank. At 10 hosts x
+ * 200 ranks on 2 cores the ranks that started first kept about 180 processes
+ * runnable (load 1000) while mpirun was still starting the rest, the container
+ * engines missed their heartbeats and the Swarm moved every task. This
+ * program's usleep (exported, so that libmpi's calls resolve to it) sleeps at
+ * least 5 ms: 200 wake-ups a second, and a fence ends at most 5 ms later.
+ */
+#define SHORTEST_USLEEP_US 5000
+
+int usleep(useconds_t usec)
+{
+    if (usec < SHORTEST_USLEEP_US)
+        usec = SHORTEST_USLEEP_US;
+    struct timespec pause = {usec / 1000000, (long)(usec % 1000000) * 1000L};
+    while (nanosleep(&pause, &pause) != 0) {
+        if (errno != EINTR)
+            return -1;
+    }
+    return 0;
+}
 
 /* Pauses between two looks at a pending request: from 20 us, doubling, to 2 ms. */
 #define FIRST_PAUSE_NS 20000L
