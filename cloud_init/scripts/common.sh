@@ -199,8 +199,35 @@ install_role_packages() {
   install_missing "${wanted[@]}"
 }
 
+# The IPv4 neighbour table is one per kernel: every container keeps an entry
+# per peer it talks to, and Linux's 1024 overflowed at 200 nodes (packets to
+# new peers dropped, MPI connections hung). NEIGH_GC_THRESH is sized from the
+# spec by `astrostack render`. A container-VM (the local cloud) shares its
+# host's kernel and cannot set it: its host does, and this says so.
+# Writes VALUE into the kernel setting FILE unless it holds more already.
+raise_to() { (( $(cat "$1") >= $2 )) || echo "$2" >"$1"; }
+
+size_neighbour_table() {
+  local t1 t2 t3 dir=${NEIGH_DIR:-/proc/sys/net/ipv4/neigh/default}
+  local conf=${NEIGH_CONF:-/etc/sysctl.d/60-astrostack-neighbours.conf}
+  read -r t1 t2 t3 <<<"$NEIGH_GC_THRESH"
+  if ! [ -w "$dir/gc_thresh3" ]; then
+    log "neighbour table: not this host's to size (the kernel is shared, e.g. a container-VM); wanted gc_thresh3 >= $t3"
+    return 0
+  fi
+  if (( $(cat "$dir/gc_thresh3") >= t3 )); then return 0; fi
+  # Kept for a reboot (systemd-sysctl), applied now.
+  printf 'net.ipv4.neigh.default.gc_thresh1 = %s\nnet.ipv4.neigh.default.gc_thresh2 = %s\nnet.ipv4.neigh.default.gc_thresh3 = %s\n' \
+    "$t1" "$t2" "$t3" >"$conf"
+  if ! { raise_to "$dir/gc_thresh3" "$t3" && raise_to "$dir/gc_thresh2" "$t2" && raise_to "$dir/gc_thresh1" "$t1"; }; then
+    fail "cannot size the neighbour table ($dir)"
+  fi
+  log "neighbour table: gc_thresh1-3 $t1 $t2 $t3"
+}
+
 start_docker() {
   [ -d /run/systemd/system ] || fail "systemd is not running: astrostack needs a systemd image"
+  size_neighbour_table
   write_docker_daemon_config
   systemctl enable docker >/dev/null 2>&1 || true
   systemctl restart docker

@@ -30,7 +30,7 @@ import yaml
 
 from astrostack import __version__, marks, paths
 from astrostack.errors import InvalidInput, TemplateError, show_path
-from astrostack.spec import ClusterSpec
+from astrostack.spec import ClusterSpec, Mode
 
 ROLES = ("nfs", "manager", "worker")
 MANIFEST = ".astrostack-render.json"
@@ -117,6 +117,30 @@ def _scripts() -> dict[str, str]:
     return {p.name: p.read_text().rstrip("\n") for p in sorted(folder.glob("*.sh"))}
 
 
+# Linux's defaults for the IPv4 neighbour (ARP) table: no garbage collection
+# below gc_thresh1, collection after 5 s above gc_thresh2, never above gc_thresh3.
+NEIGH_DEFAULTS = (128, 512, 1024)
+# What a host needs besides its containers' peers (its own interfaces, bridges).
+NEIGH_HOST_ENTRIES = 256
+
+
+def neighbour_table(spec: ClusterSpec) -> tuple[int, int, int]:
+    """gc_thresh1-3 of a host's IPv4 neighbour table for this cluster.
+
+    The table is one per kernel, shared by every network namespace: each
+    container on the overlay keeps an entry per peer it talks to (an MPI job
+    may talk to all of them), and the overlay's own namespace one per
+    container. At 10 hosts x 200 nodes Linux's 1024 overflowed ("neighbour
+    table overflow"): new peers' packets were dropped, and MPI connections
+    hung in SYN-SENT. Sized for twice the fair share of containers per host
+    (tasks moved off a host land on the others), each talking to every node.
+    """
+    per_host = 1 if (spec.mode is Mode.mpi and not spec.is_task_queue) else 2 * max(spec.ranks_per_host())
+    entries = per_host * spec.nodes + spec.nodes + NEIGH_HOST_ENTRIES
+    low, soft, hard = NEIGH_DEFAULTS
+    return low, max(soft, entries), max(hard, 2 * entries)
+
+
 def host_env(spec: ClusterSpec, role: str) -> dict[str, Any]:
     """Settings every host script reads from /etc/astrostack/cluster.env."""
     env: dict[str, Any] = {
@@ -142,6 +166,7 @@ def host_env(spec: ClusterSpec, role: str) -> dict[str, Any]:
         "NODES_TIMEOUT": spec.timeouts.nodes_ready,
         "PACKAGES": " ".join(ROLE_PACKAGES[role]),
         "INSTALL_PACKAGES": str(spec.servers.install_packages).lower(),
+        "NEIGH_GC_THRESH": " ".join(str(n) for n in neighbour_table(spec)),
     }
     env.update(task_queue_env(spec))
     for fault in spec.faults:

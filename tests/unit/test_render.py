@@ -747,3 +747,56 @@ def test_shquote_filter_makes_one_shell_word():
     value = "it's a $HOME `x` value"
 
     assert shlex.split(env.from_string("{{ v | shquote }}").render(v=value)) == [value]
+
+
+def test_the_neighbour_table_is_linux_default_for_small_clusters_and_grows_with_the_nodes():
+    small = spec_from_dict({**KASI, "hosts": 3, "nodes": 12})
+    large = spec_from_dict({**KASI, "hosts": 10, "nodes": 200, "overlay": {"subnet": "10.8.0.0/23"}})
+    mpi = spec_from_dict({**KASI, "mode": "mpi", "hosts": 10, "nodes": 200})
+
+    assert render_module.neighbour_table(small) == render_module.NEIGH_DEFAULTS
+    # 2 x 20 containers on a host, each with an entry per node, and the overlay's own:
+    # far above the 1024 that overflowed at 10 x 200.
+    low, soft, hard = render_module.neighbour_table(large)
+    assert (low, soft) == (128, 40 * 200 + 200 + 256) and hard == 2 * soft
+    assert render_module.neighbour_table(mpi)[2] < hard  # one container per host, on the host network
+
+
+def _size_neighbour_table(tmp_path: Path, wanted: str, now: tuple[int, int, int] | None) -> str:
+    """size_neighbour_table from common.sh against a folder of gc_thresh files (None: no such
+    folder, as inside a container-VM, whose network namespace has no neigh/default)."""
+    folder = tmp_path / "neigh"
+    if now is not None:
+        folder.mkdir()
+        for i, value in enumerate(now, 1):
+            (folder / f"gc_thresh{i}").write_text(f"{value}\n")
+    common = (SCRIPTS / "common.sh").read_text()
+    functions = "\n".join(re.findall(r"^(?:raise_to\(\).*?|size_neighbour_table\(\) \{.*?^\})$", common, re.M | re.S))
+    script = (f"set -euo pipefail\nlog() {{ echo \"$*\"; }}\nfail() {{ echo \"FAIL $*\"; exit 1; }}\n{functions}\n"
+              f"NEIGH_GC_THRESH={shlex.quote(wanted)} NEIGH_DIR={folder} NEIGH_CONF={tmp_path}/neigh.conf "
+              "size_neighbour_table\n")
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_a_host_raises_its_neighbour_table_never_lowers_it_and_keeps_it_for_a_reboot(tmp_path):
+    said = _size_neighbour_table(tmp_path, "128 8456 16912", now=(1024, 512, 1024))
+
+    folder = tmp_path / "neigh"
+    assert [int((folder / f"gc_thresh{i}").read_text()) for i in (1, 2, 3)] == [1024, 8456, 16912]
+    assert "net.ipv4.neigh.default.gc_thresh3 = 16912" in (tmp_path / "neigh.conf").read_text()
+    assert "gc_thresh1-3 128 8456 16912" in said
+
+
+def test_a_host_with_a_large_enough_table_leaves_it(tmp_path):
+    said = _size_neighbour_table(tmp_path, "128 512 1024", now=(128, 512, 4096))
+
+    assert said == "" and not (tmp_path / "neigh.conf").exists()
+
+
+def test_a_host_whose_kernel_is_shared_says_it_cannot_size_the_table(tmp_path):
+    said = _size_neighbour_table(tmp_path, "128 8456 16912", now=None)
+
+    assert "not this host's to size" in said and "16912" in said
+    assert not (tmp_path / "neigh.conf").exists()

@@ -146,7 +146,7 @@ def evidence_script(spec: ClusterSpec) -> str:
 echo '## host reports on the share'; for f in {control}/nodes-*.json; do [ -f "$f" ] && cat "$f"; done
 echo '## docker node ls'; docker node ls 2>&1 | head -n 60
 echo '## docker service ls'; docker service ls 2>&1 | head -n 20
-echo '## tasks by state (current, desired, error)'; docker service ps --no-trunc --format '{{{{.CurrentState}}}}|{{{{.DesiredState}}}}|{{{{.Error}}}}' {master} {worker} 2>/dev/null | sed -E 's/ [0-9a-z ]+ ago\|/|/' | sort | uniq -c | sort -rn | head -n 20
+echo '## tasks by state (current, desired, error)'; docker service ps --no-trunc --format '{{{{.CurrentState}}}}|{{{{.DesiredState}}}}|{{{{.Error}}}}' {master} {worker} 2>/dev/null | sed -E 's/ [0-9a-z ]+ ago[|]/|/' | sort | uniq -c | sort -rn | head -n 20
 echo '## docker service ps (last 80)'; docker service ps --no-trunc {master} {worker} 2>&1 | tail -n 80
 echo '## the engine on the manager: nodes down, heartbeats, task moves (last 40)'; journalctl -u docker --no-pager -o cat 2>/dev/null | grep -Ei 'heartbeat|node.*(down|unknown)|orphan|reschedul' | tail -n 40
 echo '## docker ps -a (manager)'; docker ps -a --no-trunc 2>&1 | head -n 40

@@ -26,6 +26,7 @@ from astrostack.local import (
     databases,
     dockerd,
     external_net,
+    host_kernel,
     install,
     layout,
     preflight,
@@ -72,6 +73,7 @@ def prepare(say: Progress) -> config.ComputeDriver:
     for line in preflight.missing(preflight.run_preflight()):
         say(f"this kernel: {line}")
     external_net.ensure(say)
+    host_kernel.ensure_neighbour_table(say)
     driver = config.choose_compute_driver()
     say(f"nova compute_driver = {driver.name} ({driver.reason})")
     config.write_all(driver.nova_setting(config.nova_virt_dir()))
