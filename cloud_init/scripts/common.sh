@@ -251,7 +251,8 @@ mount_share() {
   grep -q " $MOUNT_POINT " /etc/fstab || \
     echo "$NFS_IP:$EXPORT_PATH $MOUNT_POINT nfs4 defaults,_netdev,hard,timeo=600,lookupcache=positive 0 0" >>/etc/fstab
   if ! mountpoint -q "$MOUNT_POINT"; then
-    retry 60 5 mount "$MOUNT_POINT" || fail "NFS $NFS_IP:$EXPORT_PATH not mountable after 5 min"
+    # tried every second: the NFS server is often still exporting when a host is here
+    retry 300 1 mount "$MOUNT_POINT" || fail "NFS $NFS_IP:$EXPORT_PATH not mountable after 5 min"
   fi
   mark share_mounted
 }
@@ -284,9 +285,10 @@ publish_secret() {
   mv "$1.tmp" "$1"
 }
 
-# Wait for FILE on the share (bounded) and decrypt it to stdout.
+# fetch_secret FILE SECONDS: wait for FILE on the share (looked for every second,
+# at most SECONDS) and decrypt it to stdout.
 fetch_secret() {
-  retry "$2" 2 test -s "$1" || fail "$1 did not appear on the share"
+  retry "$2" 1 test -s "$1" || fail "$1 did not appear on the share within $2 s"
   openssl enc -d -aes-256-cbc -pbkdf2 -pass "file:$ASTRO_ETC/secret" -in "$1"
 }
 

@@ -23,7 +23,7 @@ wait_for_hosts() {
     if (( $(date +%s) > deadline )); then
       fail "only $(ready_swarm_nodes)/$HOSTS hosts joined the swarm within $NODES_TIMEOUT s"
     fi
-    sleep 2
+    sleep 1
   done
   mark hosts_joined
 }
@@ -106,7 +106,7 @@ start_host_container() {
   local keys
   status starting "starting the MPI container"
   keys=$(mktemp -d)
-  fetch_secret "$CONTROL/cluster-ssh-key.tar.enc" 300 | tar -C "$keys" -x
+  fetch_secret "$CONTROL/cluster-ssh-key.tar.enc" 600 | tar -C "$keys" -x
   wait_for_image
   retry 60 5 docker pull "$(image_ref)" >/dev/null || fail "cannot pull $(image_ref)"
   docker rm -f astro-mpi >/dev/null 2>&1 || true

@@ -15,7 +15,7 @@ CONTROL=$(control_dir)
 join_swarm() {
   local token manager
   if [ "$(docker info --format '{{.Swarm.LocalNodeState}}')" = active ]; then return 0; fi
-  token=$(fetch_secret "$CONTROL/swarm-worker-token.enc" 300)
+  token=$(fetch_secret "$CONTROL/swarm-worker-token.enc" 600)
   manager=$(cat "$CONTROL/swarm-manager")
   retry 30 5 docker swarm join --token "$token" "$manager" >/dev/null \
     || fail "docker swarm join $manager failed 30 times"
