@@ -68,9 +68,11 @@ def vm_memory_mib(cluster: str) -> list[float]:
     return sizes
 
 
-def one_run(index: int, hosts: int, nodes: int) -> dict:
+def one_run(index: int, hosts: int, nodes: int, nodes_ready: int | None = None) -> dict:
     data = yaml.safe_load((ROOT / "examples" / "local.yaml").read_text())
     data.update(name=f"bench-lc-{index}", hosts=hosts, nodes=nodes)
+    if nodes_ready:  # the example's deadline is for its own 12 nodes
+        data["timeouts"]["nodes_ready"] = nodes_ready
     data["network"]["cidr"] = f"10.{120 + index}.0.0/24"
     prefix = overlay_prefix_for(hosts, nodes)
     if prefix < ipaddress.ip_network(data["overlay"]["subnet"]).prefixlen:  # more than the example's overlay holds
@@ -144,13 +146,14 @@ def main() -> int:
     parser.add_argument("--nodes", type=int, default=12)
     parser.add_argument("--against-baseline", action="store_true")
     parser.add_argument("--config", action="append", help="HOSTSxNODES (with --against-baseline)")
+    parser.add_argument("--nodes-ready", type=int, help="the nodes phase's deadline in s (the example's: 300)")
     args = parser.parse_args()
     if args.against_baseline:
         sys.path.insert(0, str(Path(__file__).parent))
         return against_baseline(args.config or ["3x12"], args.runs)
     runs = []
     for i in range(args.runs):
-        runs.append(one_run(i, args.hosts, args.nodes))
+        runs.append(one_run(i, args.hosts, args.nodes, args.nodes_ready))
         if "failed" not in runs[-1]:  # a failed run said so itself (one_run), with why
             print(f"run {i}: ready in {runs[-1]['total']:.1f} s", flush=True)
     print(f"astrostack up of examples/local.yaml ({args.hosts} hosts, {args.nodes} nodes) on the local OpenStack")
