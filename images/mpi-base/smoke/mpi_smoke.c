@@ -26,6 +26,7 @@
 #include <errno.h>
 #include <mpi.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -36,6 +37,36 @@ static double vector[VECTOR_LEN];
 static double summed[VECTOR_LEN];
 
 /*
+ * How long a waiting rank sleeps at most between two looks: 0.1 ms per rank
+ * of the job (mpirun tells each rank the job's size), from 2 ms up to 50 ms.
+ * The whole job then wakes up about 10 000 times a second however many ranks
+ * it has (up to 500; 25 000 at 1250): at 10 x 200 on 2 cores a fixed 2 ms kept
+ * ~180 ranks runnable (100 000 wake-ups a second, each an MPI_Test and a
+ * sched_yield) and the smoke test did not end in 320 s on a slow day. A rank
+ * that waits long answers at most one pause late: the token ring and the
+ * allreduce's 2 x (size - 1) rounds take about size x pause (4 s at 200 ranks,
+ * 25 ms at 12).
+ */
+#define PAUSE_PER_RANK_NS 100000L
+#define SHORTEST_LONGEST_PAUSE_NS 2000000L
+#define LONGEST_LONGEST_PAUSE_NS 50000000L
+
+static long longest_pause_ns(void)
+{
+    static long pause_ns = 0;
+    if (pause_ns == 0) {
+        const char *size = getenv("OMPI_COMM_WORLD_SIZE");
+        long ranks = size ? atol(size) : 1;
+        pause_ns = ranks * PAUSE_PER_RANK_NS;
+        if (pause_ns < SHORTEST_LONGEST_PAUSE_NS)
+            pause_ns = SHORTEST_LONGEST_PAUSE_NS;
+        if (pause_ns > LONGEST_LONGEST_PAUSE_NS)
+            pause_ns = LONGEST_LONGEST_PAUSE_NS;
+    }
+    return pause_ns;
+}
+
+/*
  * Open MPI 4.1 waits for its runtime (OMPI_LAZY_WAIT_FOR_COMPLETION: the
  * fences in MPI_Init and MPI_Finalize) by calling opal_progress() and then
  * usleep(100), over and over: 10 000 wake-ups a second per rank. At 10 hosts x
@@ -43,14 +74,17 @@ static double summed[VECTOR_LEN];
  * runnable (load 1000) while mpirun was still starting the rest, the container
  * engines missed their heartbeats and the Swarm moved every task. This
  * program's usleep (exported, so that libmpi's calls resolve to it) sleeps at
- * least 5 ms: 200 wake-ups a second, and a fence ends at most 5 ms later.
+ * least 5 ms, and at least the longest pause above in a large job.
  */
-#define SHORTEST_USLEEP_US 5000
+#define SHORTEST_USLEEP_US 5000L
 
 int usleep(useconds_t usec)
 {
-    if (usec < SHORTEST_USLEEP_US)
-        usec = SHORTEST_USLEEP_US;
+    long shortest = longest_pause_ns() / 1000L;
+    if (shortest < SHORTEST_USLEEP_US)
+        shortest = SHORTEST_USLEEP_US;
+    if ((long)usec < shortest)
+        usec = (useconds_t)shortest;
     struct timespec pause = {usec / 1000000, (long)(usec % 1000000) * 1000L};
     while (nanosleep(&pause, &pause) != 0) {
         if (errno != EINTR)
@@ -59,9 +93,8 @@ int usleep(useconds_t usec)
     return 0;
 }
 
-/* Pauses between two looks at a pending request: from 20 us, doubling, to 2 ms. */
+/* Pauses between two looks at a pending request: from 20 us, doubling, to longest_pause_ns(). */
 #define FIRST_PAUSE_NS 20000L
-#define LONGEST_PAUSE_NS 2000000L
 
 /* MPI_Wait without spinning: MPI_Test (which also moves the transfer on), then
  * a pause that grows while nothing arrives. */
@@ -73,8 +106,9 @@ static void wait_gently(MPI_Request *request)
     while (!done) {
         struct timespec pause = {0, pause_ns};
         nanosleep(&pause, NULL);
-        if (pause_ns < LONGEST_PAUSE_NS)
-            pause_ns *= 2;
+        pause_ns *= 2;
+        if (pause_ns > longest_pause_ns())
+            pause_ns = longest_pause_ns();
         MPI_Test(request, &done, MPI_STATUS_IGNORE);
     }
 }
