@@ -291,6 +291,8 @@ def collect_evidence(spec: ClusterSpec, heat: Heat, ref: StackRef, record: state
         "stack": ref.id,
         "error": str(error) if error else None,
         "phase": getattr(error, "phase", None),
+        # the monitor's last look, e.g. why the last smoke test was not ok
+        "last_seen": getattr(getattr(error, "observation", None), "last_event", None),
         "phases": {k: v.model_dump(mode="json") for k, v in record.phases.items()},
         "missing": notes,
     }

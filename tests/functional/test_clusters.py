@@ -303,6 +303,7 @@ def test_cloud_init_failure_fails_fast_with_nova_console_evidence(clouds, make_s
     assert evidence.name in line
     summary = json.loads((evidence / "summary.json").read_text())
     assert (summary["cluster"], summary["phase"]) == (spec.name, "hosts")
+    assert summary["last_seen"], summary  # the monitor's last look
     signals = json.loads((evidence / "host_signals.json").read_text())
     assert signals["worker-0"]["status"] == "FAILURE"
     assert "cloud-init-fail" in signals["worker-0"]["reason"]
