@@ -26,10 +26,10 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
   "$PYTHON" -m venv .venv
 fi
-if ! .venv/bin/python -c 'import astrostack, tox' >/dev/null 2>&1 || [ setup.cfg -nt .venv/.installed ]; then
+if ! .venv/bin/python -c 'import astrostack, tox, tox_uv' >/dev/null 2>&1 || [ setup.cfg -nt .venv/.installed ]; then
   echo "setup: installing astrostack into .venv"
   .venv/bin/pip install -q --upgrade pip >/dev/null
-  .venv/bin/pip install -q -e '.[test]' tox >/dev/null
+  .venv/bin/pip install -q -e '.[test]' tox tox-uv >/dev/null
   touch .venv/.installed
 fi
 echo "setup: done ($(.venv/bin/astrostack --version))"

@@ -531,12 +531,12 @@ def deploy_with_outages(local_cloud, spec, outages: dict[str, float]) -> tuple[d
 
 @pytest.mark.exclusive  # Heat's API stops
 def test_heat_api_outages_in_every_phase_are_ridden_out(clouds, local_cloud, make_spec, cluster_cleanup):
-    """Heat's API is gone for 30 s at the start of each phase: `up` says so and is ready in the end."""
+    """Heat's API is gone for 20 s at the start of each phase: `up` says so and is ready in the end."""
     before = cloud_counts(*clouds)
-    spec = make_spec("ft-outage", "10.95.0.0/24")
+    spec = make_spec("ft-outage", "10.95.0.0/24", **FAULT_SIZE)
     cluster_cleanup(spec.name)
 
-    result, events = deploy_with_outages(local_cloud, spec, {"stack": 30, "hosts": 30, "nodes": 30})
+    result, events = deploy_with_outages(local_cloud, spec, {"stack": 20, "hosts": 20, "nodes": 20})
 
     assert "record" in result, result.get("error")
     assert result["record"].status == "ready"
