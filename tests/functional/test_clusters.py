@@ -552,7 +552,7 @@ def test_an_outage_past_the_phase_deadline_fails_and_rolls_back_once_heat_return
     """Heat's API is gone for 80 s from the start of a 60 s nodes phase: exit 3 (timed out,
     naming the outage), evidence kept, and the rollback waits for Heat: nothing left."""
     before = cloud_counts(*clouds)
-    spec = make_spec("ft-outage2", "10.100.0.0/24", timeouts={"nodes_ready": 60})
+    spec = make_spec("ft-outage2", "10.100.0.0/24", **FAULT_SIZE, timeouts={"nodes_ready": 60})
     cluster_cleanup(spec.name)
 
     result, _ = deploy_with_outages(local_cloud, spec, {"nodes": 80})
