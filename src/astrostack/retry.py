@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import time
 from typing import Any, Callable, Optional, TypeVar
 
@@ -42,6 +43,7 @@ DEFAULT_ATTEMPTS = 5
 DEFAULT_MAX_WAIT_S = 8.0
 DEFAULT_BUDGET_S = 60.0
 TOO_MANY_REQUESTS = 429
+_URL = re.compile(r"https?://[^\s'\"()]+")
 
 # Connection failures worth a retry: the server was not listening, dropped us, or
 # did not answer in time (an API waiting on a restarting Keystone does that).
@@ -96,7 +98,10 @@ def describe_request(exc: BaseException) -> str:
         url = getattr(response, "url", None)
     if method and url:
         return f"{method} {url}"
-    return url or " ".join(str(exc).split())[:200] or "the request"
+    if url:
+        return url
+    named = _URL.search(str(exc))  # keystoneauth's connection errors name only the URL, in their text
+    return named.group(0).rstrip(":.,") if named else " ".join(str(exc).split())[:200] or "the request"
 
 
 def _give_up_error(exc: BaseException, attempts: int, waited: float) -> CloudError:

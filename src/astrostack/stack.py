@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -21,7 +22,7 @@ from openstack import exceptions as os_exc
 
 from astrostack.errors import CloudError, NotFound, WaitTimeout
 from astrostack.render import Rendered
-from astrostack.retry import call_with_retry
+from astrostack.retry import SDK_ERRORS, call_with_retry
 
 WAIT_CONDITION = "OS::Heat::WaitCondition"
 WAIT_CONDITION_HANDLE = "OS::Heat::WaitConditionHandle"
@@ -56,11 +57,16 @@ class Heat:
 
     def __init__(self, conn: Any, *, sleep: Callable[[float], None] = time.sleep):
         self.conn = conn
-        self.api = conn.orchestration
         self.sleep = sleep
         self.requests = 0
 
     # raw JSON calls -------------------------------------------------------
+
+    @property
+    def api(self) -> Any:
+        """The orchestration proxy. Its first use signs in and looks up Heat's
+        endpoint, so it is only touched inside retries and :func:`_heat_errors`."""
+        return self.conn.orchestration
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         def once() -> Any:
@@ -69,16 +75,8 @@ class Heat:
             os_exc.raise_from_response(response)
             return response
 
-        try:
+        with _heat_errors(f"{method.upper()} {path}"):
             return call_with_retry(once, sleep=self.sleep)
-        except os_exc.NotFoundException:
-            raise NotFound(f"{method.upper()} {path}: not found") from None
-        except os_exc.HttpException as exc:
-            request_id = f" (request {exc.request_id})" if getattr(exc, "request_id", None) else ""
-            raise CloudError(f"Heat {method.upper()} {path}: {_one_line(exc)}{request_id}") from None
-        except CloudError as exc:  # the retries gave up: say which API it was
-            raise type(exc)(f"Heat {method.upper()} {path}: {exc.message}", hint=exc.hint,
-                            transient=exc.transient) from exc.__cause__
 
     def get_json(self, path: str, **params: Any) -> dict[str, Any]:
         response = self._call("get", path, params=params or None)
@@ -109,7 +107,8 @@ class Heat:
     def create(self, name: str, rendered: Rendered, *, tags: list[str], timeout_mins: int) -> StackRef:
         """POST the stack. Heat's own rollback is off: astrostack collects the
         evidence first and then deletes (see lifecycle)."""
-        body = stack_body(self.api, rendered)
+        with _heat_errors("template files"):
+            body = stack_body(call_with_retry(lambda: self.api, sleep=self.sleep), rendered)
         body.update(
             stack_name=name,
             tags=",".join(tags),
@@ -345,6 +344,23 @@ def write_json(path: Path, data: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(scrub(data), indent=2, default=str) + "\n")
     return path
+
+
+@contextlib.contextmanager
+def _heat_errors(what: str) -> Iterator[None]:
+    """openstacksdk's and keystoneauth's errors as ours, naming the request (WHAT)."""
+    try:
+        yield
+    except os_exc.NotFoundException:
+        raise NotFound(f"{what}: not found") from None
+    except os_exc.HttpException as exc:
+        request_id = f" (request {exc.request_id})" if getattr(exc, "request_id", None) else ""
+        raise CloudError(f"Heat {what}: {_one_line(exc)}{request_id}") from None
+    except CloudError as exc:  # the retries gave up: say which API it was
+        raise type(exc)(f"Heat {what}: {exc.message}", hint=exc.hint, transient=exc.transient) from exc.__cause__
+    except SDK_ERRORS as exc:  # signing in or finding the endpoint failed for good
+        raise CloudError(f"Heat {what}: {_one_line(exc)}",
+                         hint="check the cloud's credentials and its orchestration endpoint") from None
 
 
 def _one_line(exc: BaseException) -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import socket
+
 from astrostack.stack import (
     WAIT_CONDITION,
     count_resources,
@@ -122,3 +125,76 @@ def test_the_old_status_for_a_moment_after_the_request_is_still_a_delete_under_w
     scripted.heat.wait_gone(scripted.ref, 300, clock=scripted.clock)  # gone after the 4th poll
 
     assert scripted.statuses == []
+
+
+# Signing in happens on a Heat client's first request: its failures are ours too -----------
+
+def _connection(auth_url: str):
+    import openstack.connection
+
+    return openstack.connection.Connection(
+        auth_url=auth_url, username="demo", password="not-a-secret", project_name="demo",
+        user_domain_name="Default", project_domain_name="Default", api_timeout=5)
+
+
+def test_a_keystone_that_does_not_answer_is_a_one_line_cloud_unreachable_naming_its_url():
+    import pytest
+
+    from astrostack.errors import CloudUnreachable
+    from astrostack.stack import Heat
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        auth_url = f"http://127.0.0.1:{sock.getsockname()[1]}/v3"
+    with pytest.raises(CloudUnreachable) as caught:
+        Heat(_connection(auth_url), sleep=lambda s: None).list_stacks()
+    message = str(caught.value)
+    assert message.startswith("Heat GET /stacks: ") and auth_url in message and "\n" not in message
+    assert "no answer after 5 attempts" in message
+
+
+def test_a_keystone_that_refuses_the_credentials_is_a_cloud_error_at_once():
+    import http.server
+    import threading
+
+    import pytest
+
+    from astrostack.errors import CloudError, CloudUnreachable
+    from astrostack.stack import Heat
+
+    asked: list[str] = []
+
+    class Keystone(http.server.BaseHTTPRequestHandler):
+        """Keystone's version document, and 401 for every sign-in."""
+
+        def _answer(self, status: int, document: dict):
+            body = json.dumps(document).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):  # noqa: N802 (http.server's naming)
+            url = f"http://127.0.0.1:{self.server.server_address[1]}/v3/"
+            self._answer(200, {"version": {"id": "v3.14", "status": "stable",
+                                           "links": [{"rel": "self", "href": url}]}})
+
+        def do_POST(self):  # noqa: N802
+            asked.append(f"POST {self.path}")
+            self._answer(401, {"error": {"code": 401, "title": "Unauthorized",
+                                         "message": "The request you have made requires authentication."}})
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Keystone)
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
+    try:
+        with pytest.raises(CloudError) as caught:
+            Heat(_connection(f"http://127.0.0.1:{httpd.server_address[1]}/v3"), sleep=lambda s: None).list_stacks()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert not isinstance(caught.value, CloudUnreachable)
+    assert str(caught.value).startswith("Heat GET /stacks: ") and "\n" not in str(caught.value)
+    assert sum(1 for request in asked if request.startswith("POST")) == 1  # a refusal is not retried
