@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional
 
 from openstack import exceptions as os_exc
 
+from astrostack.cloud import one_line
 from astrostack.errors import CloudError, NotFound, WaitTimeout
 from astrostack.render import Rendered
 from astrostack.retry import SDK_ERRORS, call_with_retry
@@ -355,13 +356,9 @@ def _heat_errors(what: str) -> Iterator[None]:
         raise NotFound(f"{what}: not found") from None
     except os_exc.HttpException as exc:
         request_id = f" (request {exc.request_id})" if getattr(exc, "request_id", None) else ""
-        raise CloudError(f"Heat {what}: {_one_line(exc)}{request_id}") from None
+        raise CloudError(f"Heat {what}: {one_line(exc)}{request_id}") from None
     except CloudError as exc:  # the retries gave up: say which API it was
         raise type(exc)(f"Heat {what}: {exc.message}", hint=exc.hint, transient=exc.transient) from exc.__cause__
     except SDK_ERRORS as exc:  # signing in or finding the endpoint failed for good
-        raise CloudError(f"Heat {what}: {_one_line(exc)}",
+        raise CloudError(f"Heat {what}: {one_line(exc)}",
                          hint="check the cloud's credentials and its orchestration endpoint") from None
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import socket
+import threading
 
+import openstack.connection
+import pytest
+
+from astrostack.errors import CloudError, CloudUnreachable
 from astrostack.stack import (
     WAIT_CONDITION,
+    Heat,
     count_resources,
     decoded_signal_data,
     failed_resources,
@@ -130,18 +137,12 @@ def test_the_old_status_for_a_moment_after_the_request_is_still_a_delete_under_w
 # Signing in happens on a Heat client's first request: its failures are ours too -----------
 
 def _connection(auth_url: str):
-    import openstack.connection
-
     return openstack.connection.Connection(
         auth_url=auth_url, username="demo", password="not-a-secret", project_name="demo",
         user_domain_name="Default", project_domain_name="Default", api_timeout=5)
 
 
 def test_a_keystone_that_does_not_answer_is_a_one_line_cloud_unreachable_naming_its_url():
-    import pytest
-
-    from astrostack.errors import CloudUnreachable
-    from astrostack.stack import Heat
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         auth_url = f"http://127.0.0.1:{sock.getsockname()[1]}/v3"
@@ -153,14 +154,6 @@ def test_a_keystone_that_does_not_answer_is_a_one_line_cloud_unreachable_naming_
 
 
 def test_a_keystone_that_refuses_the_credentials_is_a_cloud_error_at_once():
-    import http.server
-    import threading
-
-    import pytest
-
-    from astrostack.errors import CloudError, CloudUnreachable
-    from astrostack.stack import Heat
-
     asked: list[str] = []
 
     class Keystone(http.server.BaseHTTPRequestHandler):
