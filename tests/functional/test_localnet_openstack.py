@@ -345,6 +345,31 @@ def test_a_deleted_port_loses_its_record_and_chains(deployment, cloud):
     assert f"astro-i{deployment['ports']['vm1'].id[:10]}" in sh("iptables", "-S").stdout
 
 
+def test_an_address_freed_by_a_deleted_port_is_leased_to_the_next_port_that_gets_it(deployment, cloud):
+    """Neutron hands a freed address out again (a scale-down then up did, and the new
+    worker got no lease while dnsmasq kept the old MAC's): the old lease is released."""
+    conn, _, config = cloud
+    vm3 = deployment["vms"]["vm3"]
+    conn.network.delete_port(vm3.port, ignore_missing=True)
+    wait_for(lambda: not (config.ports_dir / vm3.port.id).exists(), 30, "ports/ file of vm3 removed")
+    port = conn.network.create_port(network_id=deployment["net"].id, name="t3-os-vm4",
+                                    fixed_ips=[{"subnet_id": deployment["subnet"].id, "ip_address": vm3.ip}],
+                                    security_group_ids=[deployment["groups"][2].id],
+                                    device_owner="compute:nova", device_id=str(uuid.uuid4()))
+    vm4 = None
+    try:
+        assert port.mac_address != vm3.port.mac_address
+        wait_for((config.ports_dir / port.id).exists, 60, "ports/ file of vm4")
+        vm4 = Vm("t3-os-vm4", port, vm3.workdir)
+        script = vm3.workdir / "dhclient-script"
+        deployment["figures"]["reused address DHCP lease s"] = vm4.dhcp(script)
+        assert vm4.lease()["new_ip_address"] == vm3.ip
+    finally:
+        if vm4 is not None:
+            vm4.close()
+        conn.network.delete_port(port, ignore_missing=True)
+
+
 def test_deleting_everything_removes_its_data_plane(deployment):
     router, net = deployment["router"], deployment["net"]
     groups = [naming.security_group_ipset(g.id) for g in deployment["groups"]]

@@ -109,3 +109,17 @@ def test_without_snat_only_floating_ips_are_translated(cloud):
     assert tables.nat("POSTROUTING", out) is None
     fip = Packet(src="10.1.0.10", dst="172.24.4.1", dport=5050, out_interface=config.gateway_device)
     assert tables.nat("POSTROUTING", fip) == ("SNAT", "172.24.4.30")
+
+
+def test_a_lease_whose_address_went_to_another_mac_is_stale_and_only_that_one(cloud):
+    server = cloud["server"]
+    kept = next(h for h in server.hosts if h.ip == "10.1.0.10")
+    leases = (f"1900000000 {kept.mac.upper()} {kept.ip} manager 01:{kept.mac}\n"
+              f"1900000000 fa:16:3e:00:00:99 10.1.0.11 old-worker *\n"     # 10.1.0.11 is now another MAC's
+              "duid 00:01:00:01:2c:aa:bb:cc:fa:16:3e:00:00:01\n"
+              "1900000000 12345678 fd00::5 v6-host 00:01\n")
+    stale = dhcp.stale_leases(leases, server)
+    assert stale == ["1900000000 fa:16:3e:00:00:99 10.1.0.11 old-worker *"]
+    pruned = dhcp.without_leases(leases, stale)
+    assert "10.1.0.11" not in pruned and kept.ip in pruned and "duid" in pruned and "fd00::5" in pruned
+    assert dhcp.stale_leases(pruned, server) == []

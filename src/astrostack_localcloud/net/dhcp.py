@@ -2,6 +2,14 @@
 file of every port, per-subnet options (router, DNS servers, classless routes
 with the metadata route), the network's MTU (option 26). Renderers are pure;
 :class:`Dnsmasq` starts, reloads (SIGHUP) and stops one process.
+
+Neutron hands a deleted port's address out again. dnsmasq refuses a static
+address to a new MAC while its lease file holds a lease on it for the old one
+("not using configured address ... because it is leased to ..."), so the new VM
+gets no answer for the lease's lifetime. Neutron's DHCP agent calls
+``dhcp_release`` for such leases; Debian's dnsmasq-base has no ``dhcp_release``,
+so :meth:`Dnsmasq.ensure` stops dnsmasq, drops the stale leases from its file
+and starts it again (what dnsmasq itself reads at start).
 """
 
 from __future__ import annotations
@@ -105,6 +113,25 @@ def _subnet_size(netmask: str) -> int:
     return 2 ** (32 - bits)
 
 
+def _lease_key(line: str) -> tuple[str, str] | None:
+    """(mac, ip) of an IPv4 lease line ``EXPIRY MAC IP NAME CLIENT-ID``; None for other lines."""
+    fields = line.split()
+    if len(fields) >= 3 and fields[0].isdigit() and fields[1].count(":") == 5 and "." in fields[2]:
+        return fields[1].lower(), fields[2]
+    return None
+
+
+def stale_leases(text: str, server: DhcpServer) -> list[str]:
+    """Lease lines whose MAC no longer has that address in the hosts file."""
+    wanted = {(host.mac.lower(), host.ip) for host in server.hosts}
+    return [line for line in text.splitlines() if (key := _lease_key(line)) is not None and key not in wanted]
+
+
+def without_leases(text: str, stale: list[str]) -> str:
+    drop = set(stale)
+    return "".join(line + "\n" for line in text.splitlines() if line not in drop)
+
+
 def _write_if_changed(path: Path, text: str) -> bool:
     if path.exists() and path.read_text() == text:
         return False
@@ -140,6 +167,11 @@ class Dnsmasq:
         self.files.leases.touch(exist_ok=True)
         argv = dnsmasq_argv(self.server, self.files)
         pid = self.running_pid()
+        if stale_leases(self.files.leases.read_text(), self.server):
+            self.stop()   # dnsmasq writes its leases out as it stops; they are read again at start
+            released = self._release_stale_leases()
+            self._start(argv)
+            return f"restarted ({released} stale leases released)"
         if pid and self._argv_of(pid) == argv:
             if any(changed):
                 os.kill(pid, signal.SIGHUP)
@@ -149,6 +181,12 @@ class Dnsmasq:
             self.stop()
         self._start(argv)
         return "started"
+
+    def _release_stale_leases(self) -> int:
+        text = self.files.leases.read_text()
+        stale = stale_leases(text, self.server)
+        _write_if_changed(self.files.leases, without_leases(text, stale))
+        return len(stale)
 
     def _start(self, argv: list[str]) -> None:
         self.files.pid.unlink(missing_ok=True)
