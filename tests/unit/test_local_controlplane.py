@@ -247,6 +247,24 @@ def test_supervisor_starts_once_and_stops_exactly_what_it_started():
     assert not table[0].pid_file.exists()
 
 
+def test_after_a_reinstall_running_openstack_services_stop_to_start_on_the_new_code():
+    from astrostack.local import controlplane
+
+    infrastructure = next(iter(services.INFRASTRUCTURE))
+    table = [_sleeper(infrastructure), _sleeper("heat-api"), _sleeper("neutron"), _sleeper("glance")]
+    lines: list[str] = []
+    sup = supervisor.Supervisor(table, lines.append, settle_s=0)
+    try:
+        sup.start([infrastructure, "heat-api", "neutron"], deadline_s=10)
+        kept = sup.pid(infrastructure)
+        controlplane._stop_services_running_old_code(sup, [s.name for s in table] + ["no-such"], lines.append)
+        assert sup.pid("heat-api") is None and sup.pid("neutron") is None
+        assert sup.pid(infrastructure) == kept            # MariaDB and the like do not load our code
+        assert "astrostack_localcloud changed: restarting 2 running services on the new code" in lines
+    finally:
+        sup.stop([s.name for s in table])
+
+
 def test_a_service_that_exits_while_starting_is_an_error_naming_its_log():
     table = [services.Service("broken", ("sh", "-c", "echo cannot bind; exit 3"))]
     sup = supervisor.Supervisor(table, lambda line: None, settle_s=1)

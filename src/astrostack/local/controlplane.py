@@ -66,9 +66,15 @@ def _cached(check: Callable[[], bool]) -> Callable[[], bool]:
     return cached
 
 
-def prepare(say: Progress) -> config.ComputeDriver:
+@dataclass(frozen=True)
+class Prepared:
+    driver: config.ComputeDriver
+    code_changed: bool   # astrostack_localcloud was reinstalled: running services have the old code
+
+
+def prepare(say: Progress) -> Prepared:
     """Packages, venv, the external bridge and fresh config files."""
-    install.install_all(say)
+    code_changed = install.install_all(say)
     dockerd.ensure_dockerd()
     for line in preflight.missing(preflight.run_preflight()):
         say(f"this kernel: {line}")
@@ -78,7 +84,7 @@ def prepare(say: Progress) -> config.ComputeDriver:
     say(f"nova compute_driver = {driver.name} ({driver.reason})")
     config.write_all(driver.nova_setting(config.nova_virt_dir()))
     databases.ensure_datadir(say)
-    return driver
+    return Prepared(driver, code_changed)
 
 
 def _busy(holder: str) -> LocalCloudError:
@@ -99,8 +105,11 @@ def start(only: Optional[list[str]] = None, say: Progress = print) -> StartRepor
 
 def _start(only: Optional[list[str]], say: Progress) -> StartReport:
     began = time.monotonic()
-    driver = prepare(say)
+    prepared = prepare(say)
+    driver = prepared.driver
     sup = make_supervisor(say)
+    if prepared.code_changed:
+        _stop_services_running_old_code(sup, only or [service.name for service in sup.table], say)
     if only:
         started = sup.start(only)
         _check_still_running(sup, started)
@@ -113,6 +122,16 @@ def _start(only: Optional[list[str]], say: Progress) -> StartReport:
     say(f"local cloud up in {seconds:.0f} s: clouds `{clouds_yaml.USER_CLOUD}` and "
         f"`{clouds_yaml.ADMIN_CLOUD}` in {clouds_yaml.clouds_yaml_path()}")
     return StartReport(started, driver.name, seconds)
+
+
+def _stop_services_running_old_code(sup: supervisor.Supervisor, names: list[str], say: Progress) -> None:
+    """The OpenStack side loads astrostack_localcloud (launcher, ML2 driver, Nova driver,
+    network agent): after a reinstall, the running ones of NAMES stop, to start on the new code."""
+    running = [name for name in names if name in sup.services and name not in services.INFRASTRUCTURE
+               and sup.running(name)]
+    if running:
+        say(f"{install.LOCALCLOUD_PACKAGE} changed: restarting {len(running)} running services on the new code")
+        sup.stop(running)
 
 
 def _start_all(sup: supervisor.Supervisor, say: Progress) -> list[str]:

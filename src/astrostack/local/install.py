@@ -228,8 +228,9 @@ def _looks_like_class(dotted: str) -> bool:
     return dotted.rpartition(".")[2][:1].isupper()
 
 
-def install_all(say: Progress) -> None:
-    """Everything the local cloud needs on disk; idempotent and quick when done."""
+def install_all(say: Progress) -> bool:
+    """Everything the local cloud needs on disk; idempotent and quick when done.
+    True if astrostack_localcloud was (re)installed: services running the old code need a restart."""
     ensure_debian_packages(say)
     ensure_openstack_venv(say)
-    ensure_localcloud_package(say)
+    return ensure_localcloud_package(say)
