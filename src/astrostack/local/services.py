@@ -112,7 +112,8 @@ API_HEALTH_PATH = {"keystone": "/v3", "glance": "/versions"}
 DAEMONS = (
     ("nova-conductor", "nova-conductor", ("nova", "nova.conf"), ("mariadb", "rabbitmq")),
     ("nova-scheduler", "nova-scheduler", ("nova", "nova.conf"), ("mariadb", "rabbitmq")),
-    ("nova-compute", "nova-compute", ("nova", "nova-compute.conf"), ("rabbitmq",)),
+    # nova-compute reports its resources to Placement as it starts (and exits if Placement is not answering).
+    ("nova-compute", "nova-compute", ("nova", "nova-compute.conf"), ("rabbitmq", "placement")),
     ("cinder-scheduler", "cinder-scheduler", ("cinder", "cinder.conf"), ("mariadb", "rabbitmq")),
     ("cinder-volume", "cinder-volume", ("cinder", "cinder.conf"), ("mariadb", "rabbitmq")),
     ("heat-engine", "heat-engine", ("heat", "heat.conf"), ("mariadb", "rabbitmq")),
