@@ -47,10 +47,15 @@ def connect(cloud: Optional[str] = None) -> os_connection.Connection:
                          hint=connect_hint(cloud)) from exc
 
 
-def connect_hint(cloud: Optional[str]) -> str:
-    if cloud == LOCAL_CLOUD:
+def local_cloud_hint(cloud: Optional[str]) -> Optional[str]:
+    """How to bring up the local cloud, if CLOUD (a spec's name or a clouds.yaml entry) is it."""
+    if cloud in (LOCAL_CLOUD, LOCAL_CLOUD_ENTRY, LOCAL_ADMIN_ENTRY):
         return "the local cloud is not set up or not running: `astrostack local start`"
-    return "check clouds.yaml or OS_CLOUD"
+    return None
+
+
+def connect_hint(cloud: Optional[str]) -> str:
+    return local_cloud_hint(cloud) or "check clouds.yaml or OS_CLOUD"
 
 
 def heat_client(cloud: Optional[str] = None) -> Any:

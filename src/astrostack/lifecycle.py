@@ -26,7 +26,6 @@ from astrostack.cluster.probe import cluster_snapshot, liveness, probe_for
 from astrostack.errors import (
     AstrostackError,
     CloudError,
-    CloudUnreachable,
     DeployFailed,
     InvalidInput,
     PrecheckFailed,
@@ -500,8 +499,7 @@ def list_clusters(runtime: Runtime | None = None) -> list[dict[str, Any]]:
         try:
             stacks = Heat(runtime.connect(cloud_name), sleep=runtime.sleep).list_stacks(tags=marks.GENERIC_TAG)
         except AstrostackError as exc:
-            hint = cloud.connect_hint(cloud_name) if isinstance(exc, CloudUnreachable) else exc.hint
-            runtime.note(f"cloud {cloud_name} not asked: {exc.message}" + (f" ({hint})" if hint else ""))
+            runtime.note(f"cloud {cloud_name} not asked: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""))
             continue
         rows += [{"name": s["stack_name"], "cloud": cloud_name, "status": "unrecorded", "stack_id": s["id"],
                   "stack_status": s.get("stack_status"), "recorded": False}

@@ -20,8 +20,8 @@ from typing import Any, Callable, Optional
 
 from openstack import exceptions as os_exc
 
-from astrostack.cloud import one_line
-from astrostack.errors import CloudError, NotFound, WaitTimeout
+from astrostack.cloud import local_cloud_hint, one_line
+from astrostack.errors import CloudError, CloudUnreachable, NotFound, WaitTimeout
 from astrostack.render import Rendered
 from astrostack.retry import SDK_ERRORS, call_with_retry
 
@@ -69,6 +69,11 @@ class Heat:
         endpoint, so it is only touched inside retries and :func:`_heat_errors`."""
         return self.conn.orchestration
 
+    @property
+    def cloud_name(self) -> Optional[str]:
+        """The clouds.yaml entry the connection was made from (None if it has no name)."""
+        return getattr(getattr(self.conn, "config", None), "name", None)
+
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         def once() -> Any:
             self.requests += 1
@@ -76,7 +81,7 @@ class Heat:
             os_exc.raise_from_response(response)
             return response
 
-        with _heat_errors(f"{method.upper()} {path}"):
+        with _heat_errors(f"{method.upper()} {path}", self.cloud_name):
             return call_with_retry(once, sleep=self.sleep)
 
     def get_json(self, path: str, **params: Any) -> dict[str, Any]:
@@ -108,7 +113,7 @@ class Heat:
     def create(self, name: str, rendered: Rendered, *, tags: list[str], timeout_mins: int) -> StackRef:
         """POST the stack. Heat's own rollback is off: astrostack collects the
         evidence first and then deletes (see lifecycle)."""
-        with _heat_errors("template files"):
+        with _heat_errors("template files", self.cloud_name):
             body = stack_body(call_with_retry(lambda: self.api, sleep=self.sleep), rendered)
         body.update(
             stack_name=name,
@@ -348,8 +353,9 @@ def write_json(path: Path, data: Any) -> Path:
 
 
 @contextlib.contextmanager
-def _heat_errors(what: str) -> Iterator[None]:
-    """openstacksdk's and keystoneauth's errors as ours, naming the request (WHAT)."""
+def _heat_errors(what: str, cloud_name: Optional[str]) -> Iterator[None]:
+    """openstacksdk's and keystoneauth's errors as ours, naming the request (WHAT); an
+    unanswered local cloud (CLOUD_NAME) says how to start it."""
     try:
         yield
     except os_exc.NotFoundException:
@@ -358,7 +364,8 @@ def _heat_errors(what: str) -> Iterator[None]:
         request_id = f" (request {exc.request_id})" if getattr(exc, "request_id", None) else ""
         raise CloudError(f"Heat {what}: {one_line(exc)}{request_id}") from None
     except CloudError as exc:  # the retries gave up: say which API it was
-        raise type(exc)(f"Heat {what}: {exc.message}", hint=exc.hint, transient=exc.transient) from exc.__cause__
+        hint = (local_cloud_hint(cloud_name) if isinstance(exc, CloudUnreachable) else None) or exc.hint
+        raise type(exc)(f"Heat {what}: {exc.message}", hint=hint, transient=exc.transient) from exc.__cause__
     except SDK_ERRORS as exc:  # signing in or finding the endpoint failed for good
         raise CloudError(f"Heat {what}: {one_line(exc)}",
                          hint="check the cloud's credentials and its orchestration endpoint") from None

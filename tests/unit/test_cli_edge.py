@@ -221,19 +221,24 @@ def test_a_typo_of_a_command_not_yet_loaded_gets_a_suggestion(capsys):
     assert code == EXIT_INVALID_INPUT and "Did you mean 'validate'?" in one_error_line(err)
 
 
-def test_a_cloud_whose_keystone_does_not_answer_is_one_line_exit_1_naming_its_url(capsys, tmp_path, monkeypatch):
+@pytest.mark.parametrize(("entry", "spec_cloud", "hint"), [
+    ("dead", "dead", "check the cloud's API endpoint"),
+    ("astrostack-local", "local", "the local cloud is not set up or not running: `astrostack local start`"),
+])
+def test_a_cloud_whose_keystone_does_not_answer_is_one_line_exit_1_naming_its_url(capsys, tmp_path, monkeypatch,
+                                                                                  entry, spec_cloud, hint):
     clouds = tmp_path / "clouds.yaml"
-    clouds.write_text("clouds:\n  dead:\n    auth:\n      auth_url: http://127.0.0.1:1/v3\n"
+    clouds.write_text(f"clouds:\n  {entry}:\n    auth:\n      auth_url: http://127.0.0.1:1/v3\n"
                       "      username: demo\n      password: not-a-secret\n      project_name: demo\n"
                       "      user_domain_name: Default\n      project_domain_name: Default\n")
     monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(clouds))
     source = (ROOT / "examples" / "local.yaml").read_text()
     spec_path = tmp_path / "dead.yaml"
-    spec_path.write_text(source.replace("cloud: local", "cloud: dead", 1))
+    spec_path.write_text(source.replace("cloud: local", f"cloud: {spec_cloud}", 1))
 
     code, _, err = run(capsys, "up", str(spec_path))
 
     line = one_error_line(err)
     assert code == EXIT_FAILURE
-    assert "http://127.0.0.1:1/v3/auth/tokens" in line and "no answer after" in line
+    assert "http://127.0.0.1:1/v3/auth/tokens" in line and "no answer after" in line and hint in line
     assert "unexpected" not in line and "Traceback" not in err
