@@ -44,7 +44,7 @@ from astrostack.monitor import (
     wait_until_ready,
 )
 from astrostack.precheck import precheck
-from astrostack.probe import DeploymentProbe, NovaServerWatch, nova_console_logs
+from astrostack.probe import DeploymentProbe, NovaServerWatch, nova_console_logs, silent_host_story
 from astrostack.render import render, stack_tags
 from astrostack.spec import ClusterSpec, Mode, spec_from_dict
 from astrostack.stack import DeleteFailed, Heat, StackRef
@@ -235,11 +235,12 @@ def _settle_failure(spec: ClusterSpec, heat: Heat, ref: StackRef, record: state.
                     error: MonitorError, runtime: Runtime) -> DeployFailed:
     runtime.note(f"{error.phase} phase failed: collecting evidence, then {'keeping' if keep else 'rolling back'}")
     evidence = collect_evidence(spec, heat, ref, record, error)
+    message = error.message + silent_hosts_said(spec.name, error, evidence / "consoles")
     record.evidence_dir = str(evidence)
     if keep:
         record.status = "failed"
         state.save(record)
-        return DeployFailed(f"{error.message}; kept for debugging", phase=error.phase, evidence=str(evidence),
+        return DeployFailed(f"{message}; kept for debugging", phase=error.phase, evidence=str(evidence),
                             rolled_back=False, hint=f"evidence in {evidence}; `astrostack down {spec.name}` when done")
     record.status = "deleting"
     state.save(record)
@@ -248,13 +249,13 @@ def _settle_failure(spec: ClusterSpec, heat: Heat, ref: StackRef, record: state.
     except AstrostackError as exc:
         record.status = "failed"
         state.save(record)
-        return DeployFailed(f"{error.message}; rollback failed too: {exc}", phase=error.phase,
+        return DeployFailed(f"{message}; rollback failed too: {exc}", phase=error.phase,
                             evidence=str(evidence), rolled_back=False,
                             hint=f"evidence in {evidence}; retry with `astrostack down {spec.name} --force`")
     record.status = "rolled_back"
     record.stack_id = None
     state.save(record)
-    return DeployFailed(f"{error.message}; rolled back", phase=error.phase, evidence=str(evidence),
+    return DeployFailed(f"{message}; rolled back", phase=error.phase, evidence=str(evidence),
                         rolled_back=True, hint=f"evidence in {evidence}")
 
 
@@ -298,6 +299,20 @@ def collect_evidence(spec: ClusterSpec, heat: Heat, ref: StackRef, record: state
     }
     _note_failure(notes, "summary.json", lambda: heat_stack.write_json(folder / "summary.json", summary))
     return folder
+
+
+def silent_hosts_said(cluster: str, error: MonitorError, consoles: Path, shown: int = 3) -> str:
+    """'; HOST: what its console shows' for the first hosts that never signalled, when
+    the hosts phase ended without a host saying why (a timeout, Heat's own timeout)."""
+    missing = error.observation.hosts_missing
+    if error.phase != HOSTS or not missing or error.observation.host_failures or not consoles.is_dir():
+        return ""
+    said = []
+    for host in missing[:shown]:
+        log = consoles / f"{cluster}-{host}.log"
+        said.append(f"{host}: {silent_host_story(log.read_text(errors='replace') if log.exists() else None)}")
+    more = f" (and {len(missing) - shown} more silent)" if len(missing) > shown else ""
+    return "; " + "; ".join(said) + more
 
 
 def _note_failure(notes: list[str], piece: str, write: Callable[[], Any]) -> None:
@@ -620,6 +635,7 @@ def _settle_scale_failure(old: ClusterSpec, new: ClusterSpec, heat: Heat, ref: S
                           record: state.ClusterRecord, error: MonitorError, runtime: Runtime) -> DeployFailed:
     """Evidence first, then back to the old size (itself waited for like a deployment)."""
     evidence = collect_evidence(new, heat, ref, record, error)
+    message = error.message + silent_hosts_said(new.name, error, evidence / "consoles")
     record.evidence_dir = str(evidence)
     runtime.note(f"scale of {new.name} to {new.hosts} hosts failed: returning to {old.hosts} hosts")
     try:
@@ -628,11 +644,11 @@ def _settle_scale_failure(old: ClusterSpec, new: ClusterSpec, heat: Heat, ref: S
     except (MonitorError, AstrostackError) as exc:
         record.status = "failed"
         state.save(record)
-        return DeployFailed(f"scale failed: {error.message}; returning to {old.hosts} hosts failed too: {exc}",
+        return DeployFailed(f"scale failed: {message}; returning to {old.hosts} hosts failed too: {exc}",
                             phase=error.phase, evidence=str(evidence), rolled_back=False,
                             hint=f"evidence in {evidence}; `astrostack status {new.name}`")
     _accept(record, old)
-    return DeployFailed(f"scale failed: {error.message}; back to {old.hosts} hosts, {old.nodes} nodes",
+    return DeployFailed(f"scale failed: {message}; back to {old.hosts} hosts, {old.nodes} nodes",
                         phase=error.phase, evidence=str(evidence), rolled_back=True, hint=f"evidence in {evidence}")
 
 

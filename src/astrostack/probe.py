@@ -13,6 +13,7 @@ requests whatever the number of hosts:
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -101,6 +102,38 @@ def no_user_data(console: str) -> Optional[SignalTrouble]:
         return None
     return SignalTrouble(0, "cloud-init got no answer from the metadata service (169.254.169.254) and "
                             "booted without user data (DataSourceNone): it will never signal", final=True)
+
+
+# Where cloud-init says it is done (its final module), whatever the scripts did.
+CLOUD_INIT_FINISHED = re.compile(r"Cloud-init v\. \S+ finished at")
+HOST_SCRIPT_LINE = re.compile(r"astrostack\[[^]]*\] (?:\d\d:\d\d:\d\d )?(.*)")
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+STORY_CHARS = 160
+
+
+def silent_host_story(console: Optional[str]) -> str:
+    """What a host that never signalled shows on its console, in a few words:
+    the known troubles first, else the last thing astrostack's scripts said
+    (and whether cloud-init ended after it), else the console's last line."""
+    if console is None:
+        return "no server in Nova (Heat had not created it yet)"
+    text = ANSI_ESCAPE.sub("", console)
+    trouble = no_user_data(text) or signal_unreachable(text)
+    if trouble:
+        return trouble.why
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return "an empty console (the VM had not booted, or its console cannot be read)"
+    said = [(i, m.group(1)) for i, line in enumerate(lines) if (m := HOST_SCRIPT_LINE.search(line))]
+    if said:
+        at, last = said[-1]
+        ended = any(CLOUD_INIT_FINISHED.search(line) for line in lines[at + 1:])
+        return f"its scripts last said {_clip(last)!r}" + (", then cloud-init finished" if ended else "")
+    return f"its console ends {_clip(lines[-1])!r} (astrostack's scripts had not started)"
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= STORY_CHARS else text[:STORY_CHARS - 3] + "..."
 
 
 class NovaServerWatch:

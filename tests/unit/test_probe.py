@@ -8,12 +8,15 @@ import pytest
 
 from astrostack.cluster import swarm
 from astrostack.cluster.probe import SMOKE_MARGIN_S, SMOKE_MIN_S, smoke_timeout
+from astrostack.lifecycle import silent_hosts_said
+from astrostack.monitor import HOSTS, NODES, Observation, PhaseTimeout
 from astrostack.probe import (
     SIGNAL_UNREACHABLE_MARKER,
     DeploymentProbe,
     SignalTrouble,
     no_user_data,
     signal_unreachable,
+    silent_host_story,
 )
 from astrostack.spec import spec_from_dict
 
@@ -158,3 +161,70 @@ def test_a_server_still_being_built_has_an_empty_console_not_an_error():
 
     assert console_so_far(Conn(), "server", 80) == ""
 
+
+
+NEVER_SIGNALLED_CONSOLE = (
+    "[    3.1] cloud-init[201]: Cloud-init v. 22.4.2 running 'modules:final' at Thu, 03 Dec 2026 17:40:01 +0000.\n"
+    "[    3.4] cloud-init[201]: astrostack[worker/worker-0] 17:40:02 docker is up\n"
+    "[    3.5] cloud-init[201]: astrostack[worker/worker-0] 17:40:02 fault injection: never-signal\n"
+    "[    3.9] cloud-init[201]: Cloud-init v. 22.4.2 finished at Thu, 03 Dec 2026 17:40:03 +0000. "
+    "Datasource DataSourceOpenStackLocal [net,ver=2].  Up 3.90 seconds\n")
+
+
+def test_a_silent_host_story_is_what_its_scripts_last_said_and_whether_cloud_init_ended():
+    story = silent_host_story(NEVER_SIGNALLED_CONSOLE)
+
+    assert story == "its scripts last said 'fault injection: never-signal', then cloud-init finished"
+
+
+def test_a_silent_host_story_while_its_scripts_still_run_does_not_say_cloud_init_finished():
+    console = NEVER_SIGNALLED_CONSOLE.replace("fault injection: never-signal", "pulling the image")
+    console = console.rsplit("[    3.9]", 1)[0]
+
+    assert silent_host_story(console) == "its scripts last said 'pulling the image'"
+
+
+@pytest.mark.parametrize("console, says", [
+    (None, "no server in Nova"),
+    ("", "an empty console"),
+    ("\x1b[0;32m  OK  \x1b[0m] Reached target Network.\n[   2.0] dhclient: No DHCPOFFERS received.\n",
+     "its console ends '[   2.0] dhclient: No DHCPOFFERS received.' (astrostack's scripts had not started)"),
+    (NO_DATASOURCE_CONSOLE, "DataSourceNone"),
+])
+def test_a_silent_host_story_names_the_known_troubles_and_else_the_last_line(console, says):
+    assert says in silent_host_story(console)
+
+
+def test_a_long_last_line_is_clipped():
+    story = silent_host_story("x" * 1000)
+
+    assert len(story) < 250 and story.count("x") < 200 and "..." in story
+
+
+def _hosts_timeout(missing, failures=()):
+    observation = Observation(hosts_signalled=1, hosts_missing=list(missing), host_failures=list(failures))
+    return PhaseTimeout("hosts phase timed out after 60 s: 1/3 hosts signalled", phase=HOSTS, observation=observation)
+
+
+def test_the_silent_hosts_consoles_are_told_after_a_hosts_timeout(tmp_path):
+    (tmp_path / "c1-worker-0.log").write_text(NEVER_SIGNALLED_CONSOLE)
+
+    said = silent_hosts_said("c1", _hosts_timeout(["worker-0", "worker-1"]), tmp_path)
+
+    assert said == ("; worker-0: its scripts last said 'fault injection: never-signal', then cloud-init finished"
+                    "; worker-1: no server in Nova (Heat had not created it yet)")
+
+
+def test_at_most_three_silent_hosts_are_told_and_the_rest_counted(tmp_path):
+    said = silent_hosts_said("c1", _hosts_timeout([f"worker-{i}" for i in range(7)]), tmp_path)
+
+    assert said.count("no server in Nova") == 3 and said.endswith("(and 4 more silent)")
+
+
+def test_nothing_more_is_said_when_a_host_said_why_or_outside_the_hosts_phase_or_without_consoles(tmp_path):
+    failed = _hosts_timeout(["worker-0"], failures=[("worker-0", "cloud-init-fail")])
+    nodes = PhaseTimeout("nodes phase timed out", phase=NODES, observation=Observation(hosts_missing=["worker-0"]))
+
+    assert silent_hosts_said("c1", failed, tmp_path) == ""
+    assert silent_hosts_said("c1", nodes, tmp_path) == ""
+    assert silent_hosts_said("c1", _hosts_timeout(["worker-0"]), tmp_path / "none") == ""
