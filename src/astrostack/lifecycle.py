@@ -301,11 +301,16 @@ def collect_evidence(spec: ClusterSpec, heat: Heat, ref: StackRef, record: state
     return folder
 
 
+# How Heat words a wait condition that timed out (a FAILURE signal is "WaitConditionFailure").
+HEAT_WAIT_TIMEOUT = "WaitConditionTimeout"
+
+
 def silent_hosts_said(cluster: str, error: MonitorError, consoles: Path, shown: int = 3) -> str:
-    """'; HOST: what its console shows' for the first hosts that never signalled, when
-    the hosts phase ended without a host saying why (a timeout, Heat's own timeout)."""
-    missing = error.observation.hosts_missing
-    if error.phase != HOSTS or not missing or error.observation.host_failures or not consoles.is_dir():
+    """'; HOST: what its console shows' for the first hosts that ended the hosts phase
+    without a word: never signalled, or only timed out by Heat's wait condition."""
+    told = {host for host, why in error.observation.host_failures if HEAT_WAIT_TIMEOUT not in why}
+    missing = [host for host in error.observation.hosts_missing if host not in told]
+    if error.phase != HOSTS or not missing or not consoles.is_dir():
         return ""
     said = []
     for host in missing[:shown]:

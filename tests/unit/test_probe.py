@@ -221,8 +221,18 @@ def test_at_most_three_silent_hosts_are_told_and_the_rest_counted(tmp_path):
     assert said.count("no server in Nova") == 3 and said.endswith("(and 4 more silent)")
 
 
+def test_a_host_only_heat_timed_out_is_silent_and_told_one_that_signalled_failure_is_not(tmp_path):
+    (tmp_path / "c1-worker-0.log").write_text(NEVER_SIGNALLED_CONSOLE)
+    failures = [("worker-0", "WaitConditionTimeout: resources.wait: 0 of 1 received"),
+                ("worker-1", "WaitConditionFailure: resources.wait: worker-1: pulling the image failed")]
+
+    said = silent_hosts_said("c1", _hosts_timeout(["worker-0", "worker-1"], failures), tmp_path)
+
+    assert said == "; worker-0: its scripts last said 'fault injection: never-signal', then cloud-init finished"
+
+
 def test_nothing_more_is_said_when_a_host_said_why_or_outside_the_hosts_phase_or_without_consoles(tmp_path):
-    failed = _hosts_timeout(["worker-0"], failures=[("worker-0", "cloud-init-fail")])
+    failed = _hosts_timeout(["worker-0"], failures=[("worker-0", "WaitConditionFailure: cloud-init-fail")])
     nodes = PhaseTimeout("nodes phase timed out", phase=NODES, observation=Observation(hosts_missing=["worker-0"]))
 
     assert silent_hosts_said("c1", failed, tmp_path) == ""
