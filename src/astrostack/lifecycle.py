@@ -21,7 +21,7 @@ from astrostack.cluster import dask as task_queue
 from astrostack.cluster import mpi as mpi_mode
 from astrostack.cluster import registry as cluster_registry
 from astrostack.cluster import swarm
-from astrostack.cluster.access import StackManagerAccess, forget_host_keys
+from astrostack.cluster.access import SshAccess, StackManagerAccess, forget_host_keys
 from astrostack.cluster.probe import cluster_snapshot, liveness, probe_for
 from astrostack.errors import (
     AstrostackError,
@@ -590,12 +590,13 @@ def _stack_of(name: str, heat: Heat, record: state.ClusterRecord) -> StackRef:
 
 
 def _resize(old: ClusterSpec, new: ClusterSpec, heat: Heat, ref: StackRef, manager: StackManagerAccess,
-            record: state.ClusterRecord, runtime: Runtime) -> None:
-    """Update the stack to NEW's size and wait, as `up` does, until NEW is ready."""
+            record: state.ClusterRecord, runtime: Runtime, *, reinstate: bool = False) -> None:
+    """Update the stack to NEW's size and wait, as `up` does, until NEW is ready.
+    REINSTATE: the added hosts are a failed scale-down's, whose Dask workers were retired."""
     removed = [f"{old.name}-worker-{i}" for i in range(new.workers, old.workers)]
     if removed and old.is_task_queue:
         runtime.note(f"retiring the Dask workers of {', '.join(removed)} (their data moves to the other workers)")
-        task_queue.retire(manager, [f"worker-{i}" for i in range(new.workers, old.workers)])
+        task_queue.retire(manager, _workers_through(heat, ref, manager, range(new.workers, old.workers)))
     elif removed and old.mode is Mode.swarm:
         runtime.note(f"draining {', '.join(removed)} (their tasks move to the other hosts)")
         swarm.drain(manager, removed)
@@ -612,7 +613,17 @@ def _resize(old: ClusterSpec, new: ClusterSpec, heat: Heat, ref: StackRef, manag
                 on_event=_recording(record, runtime.on_event, prefix=SCALE_PREFIX))
     wait_until_ready(probe, targets, Deadlines.from_spec(new), phases=(STACK, HOSTS), **wait)
     _follow_hosts(old, new, manager, [f"worker-{i}" for i in range(new.workers, old.workers)], removed)
+    if reinstate and new.is_task_queue:
+        task_queue.reinstate(_workers_through(heat, ref, manager, range(old.workers, new.workers)))
     wait_until_ready(probe, targets, Deadlines.from_spec(new), phases=(NODES,), **wait)
+
+
+def _workers_through(heat: Heat, ref: StackRef, manager: StackManagerAccess,
+                     indexes: range) -> dict[str, SshAccess]:
+    """SSH to worker-N (N in INDEXES, those the stack has), through the manager."""
+    addresses = heat.outputs(ref).get("worker_private_ips") or []
+    return {f"worker-{i}": manager.access().behind(str(addresses[i]))
+            for i in indexes if i < len(addresses) and addresses[i]}
 
 
 def _follow_hosts(old: ClusterSpec, new: ClusterSpec, manager: StackManagerAccess, removed_hosts: list[str],
@@ -645,7 +656,7 @@ def _settle_scale_failure(old: ClusterSpec, new: ClusterSpec, heat: Heat, ref: S
     runtime.note(f"scale of {new.name} to {new.hosts} hosts failed: returning to {old.hosts} hosts")
     try:
         _end_update_under_way(heat, ref, new, runtime)
-        _resize(new, old, heat, ref, manager, record, runtime)
+        _resize(new, old, heat, ref, manager, record, runtime, reinstate=new.workers < old.workers)
     except (MonitorError, AstrostackError) as exc:
         record.status = "failed"
         state.save(record)

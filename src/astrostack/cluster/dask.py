@@ -11,8 +11,10 @@ there, the smoke test)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Optional
@@ -104,11 +106,38 @@ with Client("tcp://127.0.0.1:%d", timeout=10) as client:
 """ % SCHEDULER_PORT
 
 
-def retire(access: ManagerAccess, hosts: list[str]) -> None:
-    """Dask workers of HOSTS (worker-N, about to be removed) hand their data over and
-    leave the scheduler, so it never waits for a worker that is gone."""
+# A retired worker's `dask worker` exits 0, and the container's restart policy
+# (unless-stopped, so that a rebooted VM gets its worker back) would start it
+# again: it registered anew and took tasks until its VM was gone. So the policy
+# goes first, and comes back if the host stays after all.
+KEEP_DOWN = f"docker update --restart=no {WORKER_CONTAINER} >/dev/null"
+BRING_BACK = (f"docker update --restart=unless-stopped {WORKER_CONTAINER} >/dev/null 2>&1 && "
+              f"docker start {WORKER_CONTAINER} >/dev/null 2>&1; true")
+ON_HOST_TIMEOUT_S = 60
+
+
+def retire(access: ManagerAccess, hosts: Mapping[str, ManagerAccess]) -> None:
+    """The Dask workers of HOSTS (worker-N: SSH to it, each about to be removed) hand
+    their data over and leave the scheduler, so it never waits for a worker that is
+    gone; their containers are first kept from restarting. A host that does not
+    answer is passed over: its worker is gone with it (a stopped VM)."""
     if not hosts:
         return
-    result = access.run(scheduler_python(hosts, RETIRE_PROGRAM), timeout=VIEW_TIMEOUT_S)
+    for there in hosts.values():
+        _on_host_if_it_answers(there, KEEP_DOWN)
+    result = access.run(scheduler_python(list(hosts), RETIRE_PROGRAM), timeout=VIEW_TIMEOUT_S)
     if not result.ok:
         raise ClusterAccessError(f"retiring the Dask workers of {', '.join(hosts)}: {result.output.strip()[-200:]}")
+
+
+def reinstate(hosts: Mapping[str, ManagerAccess]) -> None:
+    """Workers retired by a scale that failed come back where their VMs stayed (a host
+    booted since has a worker of its own: nothing to do there)."""
+    for there in hosts.values():
+        _on_host_if_it_answers(there, BRING_BACK)
+
+
+def _on_host_if_it_answers(there: ManagerAccess, script: str) -> None:
+    # unreachable: nothing runs there that could register with the scheduler
+    with contextlib.suppress(ClusterAccessError):
+        there.run(script, timeout=ON_HOST_TIMEOUT_S)
