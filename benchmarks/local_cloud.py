@@ -68,6 +68,21 @@ def vm_memory_mib(cluster: str) -> list[float]:
     return sizes
 
 
+PROGRESS_EVERY_S = 30.0
+
+
+def progress(label: str) -> lifecycle.Runtime:
+    """`up`'s phase boundaries as they happen and its progress every 30 s (a long run is never silent)."""
+    last = {"at": -PROGRESS_EVERY_S}
+
+    def on_event(event: lifecycle.PhaseEvent) -> None:
+        if event.kind != "progress" or event.elapsed - last["at"] >= PROGRESS_EVERY_S:
+            last["at"] = event.elapsed
+            print(f"  {label} {event.elapsed:5.0f} s {event.phase} {event.kind}: {event.message}", flush=True)
+
+    return lifecycle.Runtime(on_event=on_event, note=lambda message: print(f"  {label}: {message}", flush=True))
+
+
 def one_run(index: int, hosts: int, nodes: int, nodes_ready: int | None = None) -> dict:
     data = yaml.safe_load((ROOT / "examples" / "local.yaml").read_text())
     data.update(name=f"bench-lc-{index}", hosts=hosts, nodes=nodes)
@@ -80,7 +95,7 @@ def one_run(index: int, hosts: int, nodes: int, nodes_ready: int | None = None) 
     spec = spec_from_dict(data)
     cpu_before, started = cpu_seconds(), time.monotonic()
     try:
-        record = lifecycle.up(spec)
+        record = lifecycle.up(spec, runtime=progress(f"run {index}"))
     except AstrostackError as exc:  # up rolled the cluster back: count it as a failed run
         print(f"run {index}: failed after {time.monotonic() - started:.0f} s: {exc.message}", flush=True)
         return {"failed": exc.message, "total": time.monotonic() - started, "nodes": nodes}
