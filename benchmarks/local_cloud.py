@@ -73,12 +73,14 @@ PROGRESS_EVERY_S = 30.0
 
 def progress(label: str) -> lifecycle.Runtime:
     """`up`'s phase boundaries as they happen and its progress every 30 s (a long run is never silent)."""
+    started = time.monotonic()  # up waits in two calls, each with its own elapsed: seconds since up began
     last = {"at": -PROGRESS_EVERY_S}
 
     def on_event(event: lifecycle.PhaseEvent) -> None:
-        if event.kind != "progress" or event.elapsed - last["at"] >= PROGRESS_EVERY_S:
-            last["at"] = event.elapsed
-            print(f"  {label} {event.elapsed:5.0f} s {event.phase} {event.kind}: {event.message}", flush=True)
+        now = time.monotonic() - started
+        if event.kind != "progress" or now - last["at"] >= PROGRESS_EVERY_S:
+            last["at"] = now
+            print(f"  {label} {now:5.0f} s {event.phase} {event.kind}: {event.message}", flush=True)
 
     return lifecycle.Runtime(on_event=on_event, note=lambda message: print(f"  {label}: {message}", flush=True))
 
