@@ -314,7 +314,7 @@ def silent_hosts_said(cluster: str, error: MonitorError, consoles: Path, shown: 
         return ""
     said = []
     for host in missing[:shown]:
-        log = consoles / f"{cluster}-{host}.log"
+        log = console_file(consoles, f"{cluster}-{host}")
         said.append(f"{host}: {silent_host_story(log.read_text(errors='replace') if log.exists() else None)}")
     more = f" (and {len(missing) - shown} more silent)" if len(missing) > shown else ""
     return "; " + "; ".join(said) + more
@@ -332,7 +332,12 @@ def _collect_consoles(spec: ClusterSpec, heat: Heat, folder: Path) -> None:
     consoles = folder / "consoles"
     consoles.mkdir(parents=True, exist_ok=True)
     for server, text in nova_console_logs(spec.name, heat.conn).items():
-        (consoles / f"{server}.log").write_text(text)
+        console_file(consoles, server).write_text(text)
+
+
+def console_file(consoles: Path, server: str) -> Path:
+    """Where the evidence keeps SERVER's console output."""
+    return consoles / f"{server}.log"
 
 
 # status ---------------------------------------------------------------------

@@ -313,8 +313,8 @@ def test_cloud_init_failure_fails_fast_with_nova_console_evidence(clouds, make_s
 
 
 def test_host_that_never_signals_times_out(clouds, make_spec, spec_file, cluster_cleanup, capsys):
-    """worker-0 never signals: the hosts phase ends at its 60 s deadline naming what its console
-    last showed, exit 3, nothing left."""
+    """worker-0 never signals: the hosts phase ends at its 60 s deadline (Heat's wait condition's
+    or the monitor's) naming what its console last showed, exit 3, nothing left."""
     before = cloud_counts(*clouds)
     spec = make_spec("ft-nosignal", "10.83.0.0/24", **FAULT_SIZE, timeouts={"hosts_ready": 60},
                      faults=[{"host": "worker-0", "fault": "never-signal"}])

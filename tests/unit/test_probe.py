@@ -162,7 +162,6 @@ def test_a_server_still_being_built_has_an_empty_console_not_an_error():
     assert console_so_far(Conn(), "server", 80) == ""
 
 
-
 NEVER_SIGNALLED_CONSOLE = (
     "[    3.1] cloud-init[201]: Cloud-init v. 22.4.2 running 'modules:final' at Thu, 03 Dec 2026 17:40:01 +0000.\n"
     "[    3.4] cloud-init[201]: astrostack[worker/worker-0] 17:40:02 docker is up\n"
