@@ -21,7 +21,13 @@ from astrostack.cluster import dask as task_queue
 from astrostack.cluster import mpi as mpi_mode
 from astrostack.cluster import registry as cluster_registry
 from astrostack.cluster import swarm
-from astrostack.cluster.access import SshAccess, StackManagerAccess, forget_host_keys
+from astrostack.cluster.access import (
+    NFS_ADDRESS_OUTPUT,
+    SshAccess,
+    StackManagerAccess,
+    forget_host_keys,
+    worker_addresses,
+)
 from astrostack.cluster.probe import cluster_snapshot, liveness, probe_for
 from astrostack.errors import (
     AstrostackError,
@@ -46,7 +52,7 @@ from astrostack.monitor import (
 from astrostack.precheck import precheck
 from astrostack.probe import DeploymentProbe, NovaServerWatch, nova_console_logs, silent_host_story
 from astrostack.render import render, stack_tags
-from astrostack.spec import ClusterSpec, Mode, spec_from_dict
+from astrostack.spec import ClusterSpec, Mode, server_name, spec_from_dict, worker_host
 from astrostack.stack import DeleteFailed, Heat, StackRef
 
 EventSink = Callable[[PhaseEvent], None]
@@ -188,9 +194,9 @@ def _publish_into_cluster(spec: ClusterSpec, heat: Heat, ref: StackRef, manager:
     """The application image into the cluster's own registry (its NFS VM), through the
     manager; a failure is the nodes phase's."""
     try:
-        address = heat.outputs(ref).get("nfs_private_ip")
+        address = heat.outputs(ref).get(NFS_ADDRESS_OUTPUT)
         if not address:
-            raise CloudError(f"stack {ref.name} has no nfs_private_ip output")
+            raise CloudError(f"stack {ref.name} has no {NFS_ADDRESS_OUTPUT} output")
         reference, digest = cluster_registry.publish(spec.application.image, manager.access(), str(address),
                                                      note=runtime.note)
     except AstrostackError as exc:
@@ -314,7 +320,7 @@ def silent_hosts_said(cluster: str, error: MonitorError, consoles: Path, shown: 
         return ""
     said = []
     for host in missing[:shown]:
-        log = console_file(consoles, f"{cluster}-{host}")
+        log = console_file(consoles, server_name(cluster, host))
         said.append(f"{host}: {silent_host_story(log.read_text(errors='replace') if log.exists() else None)}")
     more = f" (and {len(missing) - shown} more silent)" if len(missing) > shown else ""
     return "; " + "; ".join(said) + more
@@ -598,7 +604,7 @@ def _resize(old: ClusterSpec, new: ClusterSpec, heat: Heat, ref: StackRef, manag
             record: state.ClusterRecord, runtime: Runtime, *, reinstate: bool = False) -> None:
     """Update the stack to NEW's size and wait, as `up` does, until NEW is ready.
     REINSTATE: the added hosts are a failed scale-down's, whose Dask workers were retired."""
-    removed = [f"{old.name}-worker-{i}" for i in range(new.workers, old.workers)]
+    removed = [server_name(old.name, worker_host(i)) for i in range(new.workers, old.workers)]
     if removed and old.is_task_queue:
         runtime.note(f"retiring the Dask workers of {', '.join(removed)} (their data moves to the other workers)")
         task_queue.retire(manager, _workers_through(heat, ref, manager, range(new.workers, old.workers)))
@@ -617,7 +623,7 @@ def _resize(old: ClusterSpec, new: ClusterSpec, heat: Heat, ref: StackRef, manag
     wait = dict(clock=runtime.clock, sleep=runtime.sleep,
                 on_event=_recording(record, runtime.on_event, prefix=SCALE_PREFIX))
     wait_until_ready(probe, targets, Deadlines.from_spec(new), phases=(STACK, HOSTS), **wait)
-    _follow_hosts(old, new, manager, [f"worker-{i}" for i in range(new.workers, old.workers)], removed)
+    _follow_hosts(old, new, manager, [worker_host(i) for i in range(new.workers, old.workers)], removed)
     if reinstate and new.is_task_queue:
         task_queue.reinstate(_workers_through(heat, ref, manager, range(old.workers, new.workers)))
     wait_until_ready(probe, targets, Deadlines.from_spec(new), phases=(NODES,), **wait)
@@ -626,8 +632,8 @@ def _resize(old: ClusterSpec, new: ClusterSpec, heat: Heat, ref: StackRef, manag
 def _workers_through(heat: Heat, ref: StackRef, manager: StackManagerAccess,
                      indexes: range) -> dict[str, SshAccess]:
     """SSH to worker-N (N in INDEXES, those the stack has), through the manager."""
-    addresses = heat.outputs(ref).get("worker_private_ips") or []
-    return {f"worker-{i}": manager.access().behind(str(addresses[i]))
+    addresses = worker_addresses(heat.outputs(ref))
+    return {worker_host(i): manager.access().behind(addresses[i])
             for i in indexes if i < len(addresses) and addresses[i]}
 
 

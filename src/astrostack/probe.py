@@ -24,6 +24,7 @@ from astrostack import stack as heat_stack
 from astrostack.errors import CloudError
 from astrostack.monitor import HOSTS, NODES, Observation
 from astrostack.retry import SDK_ERRORS, call_with_retry
+from astrostack.spec import server_name
 from astrostack.stack import Heat, StackRef
 
 T = TypeVar("T")
@@ -154,7 +155,7 @@ class NovaServerWatch:
         return dead
 
     def cannot_signal(self, hosts: Sequence[str]) -> dict[str, SignalTrouble]:
-        names = {f"{self.cluster}-{host}": host for host in hosts}
+        names = {server_name(self.cluster, host): host for host in hosts}
         servers = [s for s in nova_call(lambda: list(self.conn.compute.servers(name=f"^{self.cluster}-")))
                    if s.name in names]
         found = {}

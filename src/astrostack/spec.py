@@ -370,6 +370,21 @@ class Fault(_Section):
     fault: FaultKind
 
 
+MANAGER_HOST = "manager"
+WORKER_HOST_PREFIX = "worker-"
+
+
+def worker_host(index: int | str) -> str:
+    """Worker INDEX's host id (its index in the workers' ResourceGroup, or Heat's %index%): worker-INDEX."""
+    return f"{WORKER_HOST_PREFIX}{index}"
+
+
+def server_name(cluster: str, host: str) -> str:
+    """HOST's Nova server name, also its hostname and Swarm node name: CLUSTER-HOST
+    (heat_templates/ join the same two with list_join)."""
+    return f"{cluster}-{host}"
+
+
 class ClusterSpec(_Section):
     """An astrostack cluster."""
 
@@ -462,7 +477,7 @@ class ClusterSpec(_Section):
         return self.hosts - 1
 
     def host_names(self) -> list[str]:
-        return ["manager"] + [f"worker-{i}" for i in range(self.workers)]
+        return [MANAGER_HOST] + [worker_host(i) for i in range(self.workers)]
 
     def ranks_per_host(self) -> list[int]:
         """How the nodes spread over hosts, manager first (the master's host)."""

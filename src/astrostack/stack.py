@@ -24,6 +24,7 @@ from astrostack.cloud import local_cloud_hint, one_line
 from astrostack.errors import CloudError, CloudUnreachable, NotFound, WaitTimeout
 from astrostack.render import Rendered
 from astrostack.retry import SDK_ERRORS, call_with_retry
+from astrostack.spec import MANAGER_HOST, worker_host
 
 WAIT_CONDITION = "OS::Heat::WaitCondition"
 WAIT_CONDITION_HANDLE = "OS::Heat::WaitConditionHandle"
@@ -265,12 +266,12 @@ def host_of_wait(resource: dict[str, Any]) -> Optional[str]:
         return None
     name = resource.get("resource_name")
     if name == MANAGER_WAIT:
-        return "manager"
+        return MANAGER_HOST
     if name == NFS_WAIT:
         return "nfs"
     parent = str(resource.get("parent_resource") or "")
     if name == WORKER_WAIT and parent.isdigit():
-        return f"worker-{parent}"
+        return worker_host(int(parent))
     return None
 
 

@@ -800,3 +800,22 @@ def test_a_host_whose_kernel_is_shared_says_it_cannot_size_the_table(tmp_path):
 
     assert "not this host's to size" in said and "16912" in said
     assert not (tmp_path / "neigh.conf").exists()
+
+
+def test_the_address_outputs_the_tool_reads_are_the_templates(cluster):
+    from astrostack.cluster.access import NFS_ADDRESS_OUTPUT, WORKER_ADDRESSES_OUTPUT
+
+    assert {NFS_ADDRESS_OUTPUT, WORKER_ADDRESSES_OUTPUT} <= set(cluster["outputs"])
+
+
+def test_the_servers_are_named_as_the_tool_names_them(cluster):
+    """server_name() and worker_host() spell what the templates join: the console
+    evidence, the drain of removed workers and the silent-host story find servers by it."""
+    from astrostack.spec import server_name, worker_host
+
+    joined = cluster["resources"]["manager"]["properties"]["name"]["list_join"]
+    assert joined == ["-", [{"get_param": "cluster_name"}, "manager"]]
+    assert server_name("c", "manager") == "c-manager"
+    workers = cluster["resources"]["workers"]["properties"]["resource_def"]["properties"]
+    assert workers["name"]["list_join"][1][1] == worker_host("%index%")
+    assert workers["host_id"] == worker_host("%index%")

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Protocol
 
 from astrostack.errors import AstrostackError
+from astrostack.spec import MANAGER_HOST, WORKER_HOST_PREFIX
 
 if TYPE_CHECKING:
     from astrostack.spec import ClusterSpec
@@ -212,28 +213,42 @@ def cluster_access(name: str) -> tuple[ClusterSpec, SshAccess]:
 def host_access(name: str, host: str) -> SshAccess:
     """SSH to one host of a cluster: ``manager``, ``worker-N`` or ``nfs`` (or a private address)."""
     spec, manager = cluster_access(name)
-    if host == "manager":
+    if host == MANAGER_HOST:
         return manager
-    if host == "nfs" or host.startswith("worker-"):
+    if host == "nfs" or host.startswith(WORKER_HOST_PREFIX):
         return manager.behind(_private_address(name, spec, host))
     return manager.behind(host)
 
 
 def _private_address(name: str, spec: ClusterSpec, host: str) -> str:
+    return private_address(name, _stack_outputs(name, spec.cloud), host)
+
+
+# The stack's outputs that name the hosts' private addresses (heat_templates/cluster.yaml).
+NFS_ADDRESS_OUTPUT = "nfs_private_ip"
+WORKER_ADDRESSES_OUTPUT = "worker_private_ips"
+
+
+def worker_addresses(outputs: dict) -> list[str]:
+    """worker-0, worker-1, ...'s private addresses, from the stack's outputs ('' while unknown)."""
+    return [str(ip or "") for ip in outputs.get(WORKER_ADDRESSES_OUTPUT) or []]
+
+
+def private_address(name: str, outputs: dict, host: str) -> str:
+    """HOST's (``nfs`` or ``worker-N``) private address in cluster NAME's stack OUTPUTS."""
     from astrostack.errors import InvalidInput
 
-    outputs = _stack_outputs(name, spec.cloud)
     if host == "nfs":
-        address = outputs.get("nfs_private_ip")
+        address = str(outputs.get(NFS_ADDRESS_OUTPUT) or "")
     else:
-        index = host.removeprefix("worker-")
-        workers = outputs.get("worker_private_ips") or []
+        index = host.removeprefix(WORKER_HOST_PREFIX)
+        workers = worker_addresses(outputs)
         if not index.isdigit() or int(index) >= len(workers):
             raise InvalidInput(f"cluster {name} has no host {host!r} (workers: worker-0..worker-{len(workers) - 1})")
         address = workers[int(index)]
     if not address:
         raise ClusterAccessError(f"cluster {name}: the stack does not know {host}'s address yet")
-    return str(address)
+    return address
 
 
 def _stack_outputs(name: str, cloud_name: str) -> dict:

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 from astrostack.cluster import dask as task_queue
-from astrostack.cluster.access import ClusterAccessError, SshAccess, cluster_access
+from astrostack.cluster.access import ClusterAccessError, SshAccess, cluster_access, worker_addresses
 from astrostack.errors import InvalidInput
 from astrostack.render import DASHBOARD_PORT, REDIS_PORT, SCHEDULER_PORT
 from astrostack.spec import ClusterSpec
@@ -50,7 +50,7 @@ def tunnel_argv(access: SshAccess, forwards: list[tuple[int, str]]) -> list[str]
 def redis_hosts(spec: ClusterSpec, outputs: dict[str, Any]) -> list[str]:
     if spec.queue.redis.value == "scheduler":
         return [str(outputs.get("manager_private_ip") or "")]
-    return [str(ip) for ip in outputs.get("worker_private_ips") or []]
+    return worker_addresses(outputs)
 
 
 def redis_url(host: str, password: Optional[str]) -> str:
