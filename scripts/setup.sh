@@ -6,7 +6,7 @@
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(docker.io cloud-init shellcheck debootstrap python3-venv python3-pip openssh-client curl ca-certificates iproute2)
+APT_PACKAGES=(docker.io cloud-init shellcheck debootstrap python3-venv python3-pip openssh-client curl ca-certificates iproute2 procps)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -443,43 +443,49 @@ def test_sweep_deletes_what_carries_a_dead_clusters_mark_and_nothing_else(clouds
 # --- 5. scale -------------------------------------------------------------------------------------
 
 
-def test_scale_3_5_2_with_a_job_after_each_step_then_rollback(clouds, make_spec, cluster_cleanup, capsys):
+def assert_runs_at_size(capsys, name: str, hosts: int, nodes: int) -> None:
+    """The stack's update is complete, MPI spans NODES nodes, and the Swarm has each host once."""
+    assert heat().status(heat().find(name))[0] == "UPDATE_COMPLETE"
+    code, out, err = run_cli(capsys, "exec", name, "--mpi", "--", "/usr/local/bin/mpi_smoke")
+    assert code == 0, err
+    assert json.loads([line for line in out.splitlines() if line.startswith("{")][-1])["size"] == nodes
+    nodes_listed = host_access(name, "manager").run("docker node ls --format '{{.Hostname}}'").output.split()
+    assert sorted(nodes_listed) == sorted([f"{name}-manager"] + [f"{name}-worker-{i}" for i in range(hosts - 1)])
+
+
+def test_scale_3_2_5_with_a_job_after_each_step_then_rollback(clouds, make_spec, cluster_cleanup, capsys):
     """Each scale is a deployment: ready means every node runs and MPI spans them all;
-    removed workers leave the Swarm; rollback returns to the size before the last scale."""
+    removed workers leave the Swarm, and one made again under a removed one's name
+    (worker-1) joins it once; rollback returns to the size before the last scale."""
     before = cloud_counts(*clouds)
     spec = make_spec("ft-scale", "10.89.0.0/24", nodes=6)
     cluster_cleanup(spec.name)
     lifecycle.up(spec)
 
-    for hosts, nodes in ((5, 10), (2, 4)):
+    for hosts, nodes in ((2, 4), (5, 10)):
         record = lifecycle.scale(spec.name, hosts, nodes)
 
         assert (record.status, record.hosts_target, record.nodes_target) == ("ready", hosts, nodes)
-        ref = heat().find(spec.name)
-        assert heat().status(ref)[0] == "UPDATE_COMPLETE"
-        code, out, err = run_cli(capsys, "exec", spec.name, "--mpi", "--", "/usr/local/bin/mpi_smoke")
-        assert code == 0, err
-        assert json.loads([line for line in out.splitlines() if line.startswith("{")][-1])["size"] == nodes
-        nodes_listed = host_access(spec.name, "manager").run("docker node ls --format '{{.Hostname}}'").output.split()
-        assert sorted(nodes_listed) == sorted([f"{spec.name}-manager"] + [f"{spec.name}-worker-{i}"
-                                                                           for i in range(hosts - 1)])
+        assert_runs_at_size(capsys, spec.name, hosts, nodes)
 
     record = lifecycle.rollback(spec.name)
-    assert (record.hosts_target, record.nodes_target) == (5, 10)
+    assert (record.status, record.hosts_target, record.nodes_target) == ("ready", 2, 4)
+    assert_runs_at_size(capsys, spec.name, 2, 4)
     lifecycle.down(spec.name)
     assert_nothing_left(clouds, spec.name, before)
 
 
-TOKEN_LIFETIME_S = 180
+TOKEN_LIFETIME_S = 150
 
 
 @pytest.mark.exclusive  # Keystone restarts, twice
 def test_a_scale_up_after_keystone_tokens_expired_still_gets_every_host(clouds, local_cloud, make_spec,
                                                                       cluster_cleanup, monkeypatch):
-    """Keystone's tokens live 180 s: a scale-up later than that still completes, because
+    """Keystone's tokens live 150 s: a scale-up later than that still completes, because
     every new worker signals a wait condition of its own, with a token made for it."""
     # Not 120 s: keystoneauth takes a token that expires within 120 s for expired, so every
-    # request of every service would fetch a new one (Keystone, swamped, made them 6-9 s).
+    # request of every service would fetch a new one (Keystone, swamped, made them 6-9 s);
+    # at 150 s each token serves 30 s.
     monkeypatch.setenv("ASTROSTACK_LOCAL_TOKEN_LIFETIME", str(TOKEN_LIFETIME_S))
     local_cloud.stop(["keystone"], say=print)
     local_cloud.start(["keystone"], say=print)
