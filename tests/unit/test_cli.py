@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from astrostack.cli.main import main
-from astrostack.errors import EXIT_INVALID_INPUT
+from astrostack.errors import EXIT_FAILURE, EXIT_INVALID_INPUT
 from astrostack.spec import ClusterSpec, load_spec, starter_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -309,3 +309,22 @@ def test_a_real_process_shows_no_traceback_for_an_output_below_a_file(tmp_path):
 
     assert "Traceback" not in result.stderr
     assert result.returncode == EXIT_INVALID_INPUT
+
+
+def test_a_real_process_shows_its_retries_but_no_library_log_lines(tmp_path, monkeypatch):
+    """keystoneauth logs "Failed to discover available identity versions" before every try
+    at a cloud that does not answer; the user reads astrostack's retries and its one error."""
+    clouds = write(tmp_path / "clouds.yaml", "clouds:\n  dead:\n    auth:\n      auth_url: http://127.0.0.1:1/v3\n"
+                   "      username: demo\n      password: not-a-secret\n      project_name: demo\n"
+                   "      user_domain_name: Default\n      project_domain_name: Default\n")
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(clouds))
+    spec = write(tmp_path / "dead.yaml", (ROOT / "examples" / "local.yaml").read_text()
+                 .replace("cloud: local", "cloud: dead", 1))
+
+    quiet, debug = real(tmp_path, "up", spec), real(tmp_path, "--debug", "up", spec)
+
+    assert quiet.returncode == debug.returncode == EXIT_FAILURE
+    retries = [line for line in quiet.stderr.splitlines() if "ConnectFailure, retry" in line]
+    assert retries and retries[0].startswith("http://127.0.0.1:1/v3/auth/tokens: "), quiet.stderr
+    assert "Failed to discover" not in quiet.stderr
+    assert "keystoneauth.identity.generic.base: Failed to discover" in debug.stderr

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import importlib
 import importlib.util
+import logging
 import sys
 import traceback
 from difflib import get_close_matches
@@ -192,10 +193,32 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
-    debug: bool = typer.Option(False, "--debug", help="On an error, also show its traceback."),
+    debug: bool = typer.Option(False, "--debug", help="On an error, also show its traceback; show the libraries' warnings too."),
 ) -> None:
     """astrostack: spec -> Heat stack -> cluster -> job / bench."""
     _run_state["debug"] = debug
+    _route_library_logs(debug)
+
+
+class _CommandLogs(logging.StreamHandler):
+    """The root logger's handler while a command runs: astrostack's own warnings (a
+    retry, and when) on stderr as they are; the libraries' (keystoneauth's "Failed to
+    discover available identity versions ..." before every retry of an unreachable
+    cloud) only with --debug, named: astrostack says what went wrong in its own line."""
+
+    def __init__(self, debug: bool) -> None:
+        super().__init__(sys.stderr)
+        self.setLevel(logging.WARNING)
+        self.setFormatter(logging.Formatter("%(name)s: %(message)s" if debug else "%(message)s"))
+        if not debug:
+            self.addFilter(lambda record: record.name.split(".", 1)[0] == "astrostack")
+
+
+def _route_library_logs(debug: bool) -> None:
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _CommandLogs)]:
+        root.removeHandler(handler)
+    root.addHandler(_CommandLogs(debug))
 
 
 # The error boundary ---------------------------------------------------------------------
