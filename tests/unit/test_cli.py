@@ -328,3 +328,13 @@ def test_a_real_process_shows_its_retries_but_no_library_log_lines(tmp_path, mon
     assert retries and retries[0].startswith("http://127.0.0.1:1/v3/auth/tokens: "), quiet.stderr
     assert "Failed to discover" not in quiet.stderr
     assert "keystoneauth.identity.generic.base: Failed to discover" in debug.stderr
+
+
+def test_a_command_leaves_no_log_handler_behind(capsys):
+    import logging
+
+    before = list(logging.getLogger().handlers)
+
+    assert main(["validate", str(SAGECAL)]) == 0
+
+    assert logging.getLogger().handlers == before

@@ -215,10 +215,15 @@ class _CommandLogs(logging.StreamHandler):
 
 
 def _route_library_logs(debug: bool) -> None:
+    _unroute_logs()
+    logging.getLogger().addHandler(_CommandLogs(debug))
+
+
+def _unroute_logs() -> None:
+    """The command's handler goes with the command (main() may run again in this process)."""
     root = logging.getLogger()
     for handler in [h for h in root.handlers if isinstance(h, _CommandLogs)]:
         root.removeHandler(handler)
-    root.addHandler(_CommandLogs(debug))
 
 
 # The error boundary ---------------------------------------------------------------------
@@ -229,6 +234,14 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     _run_state["debug"] = False
     as_json = wants_json(args)
+    try:
+        return _run_app(args, as_json)
+    finally:
+        _unroute_logs()
+
+
+def _run_app(args: list[str], as_json: bool) -> int:
+    """The error boundary: every error becomes one line and its exit code."""
     try:
         result = app(args=args, standalone_mode=False, prog_name="astrostack")
     except AstrostackError as exc:
