@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Protocol
 
-from astrostack.errors import AstrostackError
+from astrostack.errors import AstrostackError, InvalidInput
 from astrostack.spec import MANAGER_HOST, WORKER_HOST_PREFIX
 
 if TYPE_CHECKING:
@@ -236,8 +236,6 @@ def worker_addresses(outputs: dict) -> list[str]:
 
 def private_address(name: str, outputs: dict, host: str) -> str:
     """HOST's (``nfs`` or ``worker-N``) private address in cluster NAME's stack OUTPUTS."""
-    from astrostack.errors import InvalidInput
-
     if host == "nfs":
         address = str(outputs.get(NFS_ADDRESS_OUTPUT) or "")
     else:
@@ -253,7 +251,6 @@ def private_address(name: str, outputs: dict, host: str) -> str:
 
 def _stack_outputs(name: str, cloud_name: str) -> dict:
     from astrostack import cloud
-    from astrostack.errors import InvalidInput
     from astrostack.stack import Heat
 
     heat = Heat(cloud.connect(cloud_name))
