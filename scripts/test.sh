@@ -18,8 +18,8 @@ bash scripts/setup.sh
   while read -r rule; do echo "removing a test's cut-off rule left behind: $rule"; eval iptables -w 10 -D "$rule"; done
 # The wheel check, lint and unit tests need no cloud: they run while the local
 # cloud starts (a first start mostly waits on pip, apt and schema migrations),
-# and what they printed is shown once it is up (~1.5 min less than one after
-# the other).
+# and what they printed is shown once it is up (their ~95 s, hidden inside a
+# first start's ~6 min; a warm start takes seconds and hides little).
 checks_log=$(mktemp /tmp/astrostack-checks.XXXXXX)
 { bash scripts/check_wheel.sh && .venv/bin/tox -e lint,unit -- "$@"; } >"$checks_log" 2>&1 &
 checks=$!
